@@ -1,0 +1,243 @@
+//! `wgtune quantize IN OUT [--quant nf4|fp4] [--double-quant true|false] [--blocksize N]`
+//!
+//! Converts a float checkpoint to a bitsandbytes 4-bit one that transformers loads as is.
+//! Every 2-D F32/F16/BF16 tensor named `*.weight` is quantized, except embeddings
+//! (`embed_tokens`), norms (`norm` / `layernorm`) and `lm_head`, which transformers also leaves in
+//! full precision; all other tensors are copied unchanged. Keys follow [`crate::io::bnb`].
+//!
+//! * IN a `.safetensors` file → OUT a `.safetensors` file.
+//! * IN a model directory (`config.json` plus `model.safetensors` or a sharded index) → OUT a
+//!   directory with one `model.safetensors`, `config.json` gaining a `quantization_config` block,
+//!   and every other file (tokenizer, generation config...) copied.
+//!
+//! Output is built under a temporary name next to OUT and renamed into place at the end, so a
+//! failure leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::io::bnb::write_entries;
+use crate::io::safetensors::{INDEX_FILE, SINGLE_FILE, is_float};
+use crate::io::{Checkpoint, OwnedTensor, pyjson, read_f32, write_safetensors};
+use crate::quant::{QuantConfig, QuantFormat, QuantizedTensor};
+
+/// Arguments of `wgtune quantize`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct QuantizeArgs {
+    /// Input: a .safetensors file or a model directory.
+    pub input: PathBuf,
+    /// Output: a .safetensors file (for a file input) or a directory (for a directory input).
+    pub output: PathBuf,
+    /// 4-bit data type.
+    #[arg(long = "quant", default_value = "nf4")]
+    pub quant: QuantFormat,
+    /// Quantize the block scales to 8 bits as well (QLoRA double quantization).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub double_quant: bool,
+    /// Elements per scale block: a power of two from 32 to 4096.
+    #[arg(long, default_value_t = 64)]
+    pub blocksize: usize,
+}
+
+impl QuantizeArgs {
+    /// The quantization settings these arguments ask for.
+    pub fn config(&self) -> QuantConfig {
+        QuantConfig {
+            format: self.quant,
+            blocksize: self.blocksize,
+            double_quant: self.double_quant,
+        }
+    }
+}
+
+/// Whether transformers would replace the Linear owning `name` with a 4-bit one.
+pub fn should_quantize(name: &str, shape: &[usize]) -> bool {
+    shape.len() == 2
+        && name.ends_with(".weight")
+        && !name.contains("embed_tokens")
+        && !name.contains("norm")
+        && !name.contains("lm_head")
+}
+
+/// Runs `wgtune quantize`.
+pub fn run(args: QuantizeArgs) -> Result<()> {
+    let cfg = args.config();
+    cfg.validate()?;
+    let (input, output) = (&args.input, &args.output);
+    let meta = std::fs::metadata(input)
+        .with_context(|| format!("{}: cannot read input", input.display()))?;
+    if same_path(input, output) {
+        bail!("{}: input and output are the same path", output.display());
+    }
+    if meta.is_dir() {
+        quantize_dir(input, output, cfg)
+    } else {
+        if output.is_dir() {
+            bail!(
+                "{}: output is a directory but the input is a single file",
+                output.display()
+            );
+        }
+        let tmp = temp_sibling(output)?;
+        let result = quantize_file(input, &tmp, cfg).and_then(|()| {
+            std::fs::rename(&tmp, output)
+                .with_context(|| format!("{}: cannot move output into place", output.display()))
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Quantizes the checkpoint at `input` (file or directory) into the single file `out`.
+fn quantize_file(input: &Path, out: &Path, cfg: QuantConfig) -> Result<()> {
+    let ckpt = Checkpoint::open(input)?;
+    let names: Vec<String> = ckpt.names().map(str::to_string).collect();
+    let bar = ProgressBar::new(names.len() as u64);
+    if let Ok(style) = ProgressStyle::with_template("quantizing {bar:30} {pos}/{len} {wide_msg}") {
+        bar.set_style(style);
+    }
+    let mut tensors: BTreeMap<String, OwnedTensor> = BTreeMap::new();
+    for name in &names {
+        bar.set_message(name.clone());
+        let (view, path) = ckpt.view(name)?;
+        if is_float(view.dtype()) && should_quantize(name, view.shape()) {
+            let values = read_f32(&view, path, name)?;
+            let q = QuantizedTensor::quantize(&values, view.shape(), cfg)
+                .with_context(|| format!("{}: tensor {name:?}", path.display()))?;
+            let prefix = name.strip_suffix(".weight").unwrap_or(name);
+            write_entries(prefix, &q, view.dtype(), &mut tensors);
+        } else {
+            tensors.insert(name.clone(), OwnedTensor::from_view(&view));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    write_safetensors(&tensors, out)?;
+    Ok(())
+}
+
+/// Quantizes a model directory into a new directory `output`.
+fn quantize_dir(input: &Path, output: &Path, cfg: QuantConfig) -> Result<()> {
+    if output.exists() {
+        let empty_dir = output.is_dir()
+            && std::fs::read_dir(output)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+        if !empty_dir {
+            bail!(
+                "{}: output already exists (give a new directory name)",
+                output.display()
+            );
+        }
+    }
+    let config_path = input.join("config.json");
+    let config_text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("{}: cannot read model config", config_path.display()))?;
+    let mut config: serde_json::Value = serde_json::from_str(&config_text)
+        .with_context(|| format!("{}: invalid JSON", config_path.display()))?;
+    let Some(obj) = config.as_object_mut() else {
+        bail!("{}: expected a JSON object", config_path.display());
+    };
+    if obj.contains_key("quantization_config") {
+        bail!(
+            "{}: model is already quantized (config has quantization_config)",
+            config_path.display()
+        );
+    }
+    obj.insert("quantization_config".to_string(), quantization_config(cfg));
+
+    let tmp = temp_sibling(output)?;
+    std::fs::create_dir(&tmp)
+        .with_context(|| format!("{}: cannot create directory", tmp.display()))?;
+    let result = (|| -> Result<()> {
+        quantize_file(input, &tmp.join(SINGLE_FILE), cfg)?;
+        let text = pyjson::to_pretty(&config) + "\n";
+        std::fs::write(tmp.join("config.json"), text)
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        copy_side_files(input, &tmp)?;
+        if output.exists() {
+            std::fs::remove_dir(output)
+                .with_context(|| format!("{}: cannot replace", output.display()))?;
+        }
+        std::fs::rename(&tmp, output)
+            .with_context(|| format!("{}: cannot move output into place", output.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Copies every regular file of `input` except weights, the shard index and `config.json`.
+fn copy_side_files(input: &Path, out: &Path) -> Result<()> {
+    for entry in
+        std::fs::read_dir(input).with_context(|| format!("{}: cannot list", input.display()))?
+    {
+        let entry = entry.with_context(|| format!("{}: cannot list", input.display()))?;
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        let skip = name_str.ends_with(".safetensors")
+            || name_str == INDEX_FILE
+            || name_str == "config.json";
+        if skip || !entry.path().is_file() {
+            continue;
+        }
+        std::fs::copy(entry.path(), out.join(&name))
+            .with_context(|| format!("{}: cannot copy", entry.path().display()))?;
+    }
+    Ok(())
+}
+
+/// transformers' `BitsAndBytesConfig.to_dict()` for a 4-bit model with float32 compute.
+pub fn quantization_config(cfg: QuantConfig) -> serde_json::Value {
+    serde_json::json!({
+        "_load_in_4bit": true,
+        "_load_in_8bit": false,
+        "bnb_4bit_compute_dtype": "float32",
+        "bnb_4bit_quant_storage": "uint8",
+        "bnb_4bit_quant_type": cfg.format.name(),
+        "bnb_4bit_use_double_quant": cfg.double_quant,
+        "llm_int8_enable_fp32_cpu_offload": false,
+        "llm_int8_has_fp16_weight": false,
+        "llm_int8_skip_modules": null,
+        "llm_int8_threshold": 6.0,
+        "load_in_4bit": true,
+        "load_in_8bit": false,
+        "quant_method": "bitsandbytes"
+    })
+}
+
+/// `dir/.name.tmp-<pid>` next to `path`.
+fn temp_sibling(path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: output needs a file name", path.display()))?
+        .to_string_lossy();
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!("{}: output directory does not exist", parent.display());
+    }
+    Ok(parent.join(format!(".{name}.tmp-{}", std::process::id())))
+}
+
+/// Whether `a` and `b` name the same file or directory (`b` may not exist yet).
+fn same_path(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| -> Option<PathBuf> {
+        p.canonicalize().ok().or_else(|| {
+            let parent = p
+                .parent()
+                .filter(|x| !x.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Some(parent.canonicalize().ok()?.join(p.file_name()?))
+        })
+    };
+    matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
+}

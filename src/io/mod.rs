@@ -1,0 +1,94 @@
+//! Reading and writing checkpoints: safetensors files and sharded directories
+//! ([`safetensors`]), bitsandbytes' 4-bit key layout on top of them ([`bnb`]), and Python-exact
+//! JSON text for the files transformers reads ([`pyjson`]).
+
+pub mod bnb;
+pub mod pyjson;
+pub mod safetensors;
+
+use std::path::PathBuf;
+
+pub use self::safetensors::{Checkpoint, OwnedTensor, read_f32, write_safetensors};
+
+/// Errors from checkpoint I/O. Every variant names the file and, where there is one, the tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// The OS refused a read, write or rename.
+    #[error("{path}: {source}")]
+    Os {
+        /// File or directory involved.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid safetensors file (bad header, truncated data...).
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    NotSafetensors {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        reason: String,
+    },
+    /// A JSON file (config, shard index, quant state) that does not parse or lacks a field.
+    #[error("{path}: invalid JSON: {reason}")]
+    Json {
+        /// The file (for a quant state: the checkpoint file).
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A directory with neither `model.safetensors` nor `model.safetensors.index.json`.
+    #[error("{0}: no model.safetensors or model.safetensors.index.json in this directory")]
+    NoWeights(PathBuf),
+    /// A tensor that is not there.
+    #[error("{path}: tensor {name:?} not found")]
+    MissingTensor {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The key.
+        name: String,
+    },
+    /// A tensor whose dtype this operation does not handle.
+    #[error("{path}: tensor {name:?} has dtype {got}, expected {expected}")]
+    Dtype {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The key.
+        name: String,
+        /// What was needed.
+        expected: String,
+        /// What the file holds.
+        got: String,
+    },
+    /// A tensor whose shape disagrees with its companions.
+    #[error("{path}: tensor {name:?} has shape {got:?}, expected {expected:?}")]
+    Shape {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The key.
+        name: String,
+        /// Expected shape.
+        expected: Vec<usize>,
+        /// Actual shape.
+        got: Vec<usize>,
+    },
+    /// Stored 4-bit parts that do not form a valid quantized tensor.
+    #[error("{path}: {name}: {source}")]
+    Quant {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The Linear prefix.
+        name: String,
+        /// Why.
+        source: crate::quant::QuantError,
+    },
+}
+
+/// Alias following the crate's `module::Error` convention.
+pub type Error = IoError;
+
+/// Wraps an OS error with its path.
+pub(crate) fn os_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IoError {
+    let path = path.into();
+    move |source| IoError::Os { path, source }
+}

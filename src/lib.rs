@@ -1,0 +1,10 @@
+//! wgtune: QLoRA fine-tuning of LLaMA-family models with 4-bit frozen weights on any GPU,
+//! through hand-written WGSL kernels inside burn's autograd.
+//!
+//! Data flows one way: [`io`] loads files, [`quant`] packs weights into 4-bit blocks, [`ops`]
+//! runs the quantized and LoRA products on the device (WGSL on wgpu, plain burn ops elsewhere).
+
+pub mod cli;
+pub mod io;
+pub mod ops;
+pub mod quant;
