@@ -1,0 +1,147 @@
+//! Times the 4-bit matmul paths against dense f32 on one device, in one run.
+//!
+//! ```text
+//! cargo run --release --example bench_kernels [-- --json] [--device wgpu|cpu] [--shapes small|all]
+//! ```
+//! For LLaMA-like weights (K x N in 576x1536, 4096x4096, 4096x11008) and M in 1, 8, 128, 512,
+//! 2048 rows, it measures `Y = X W^T` three ways: the fused WGSL kernel, the WGSL dequantize
+//! followed by burn's matmul, and burn's dense f32 matmul on the unquantized weight. It prints
+//! GFLOP/s, the ratios fused/dense and fused/dequant+matmul, which 4-bit path wins (the choice
+//! `wgtune::ops::dispatch` encodes), and the bytes of the weight in NF4 vs f32.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+use wgtune::ops::{self, MatmulStrategy, QWeight};
+use wgtune::quant::{QuantConfig, QuantizedTensor};
+
+struct Args {
+    json: bool,
+    device: String,
+    all_shapes: bool,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        json: false,
+        device: "wgpu".into(),
+        all_shapes: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => args.json = true,
+            "--device" => args.device = it.next().unwrap_or_default(),
+            "--shapes" => args.all_shapes = it.next().as_deref() != Some("small"),
+            other => {
+                eprintln!(
+                    "unknown argument {other}; usage: bench_kernels [--json] [--device wgpu] [--shapes small|all]"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    args
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+        })
+        .collect()
+}
+
+/// Median seconds of `f` over repetitions, after one warm-up call (compilation, autotune).
+/// Repeats until ~1 s has passed or 7 runs.
+fn time(device: &Device, mut f: impl FnMut() -> Tensor<2>) -> f64 {
+    let _ = f().into_data();
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < 7 && (samples.is_empty() || start.elapsed() < Duration::from_secs(1)) {
+        let t = Instant::now();
+        let y = f();
+        device.sync().expect("sync");
+        drop(y);
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let args = parse_args();
+    let device = match args.device.as_str() {
+        #[allow(deprecated)] // burn-ndarray: the CPU backend the reference path uses
+        "cpu" => Device::ndarray(),
+        _ => Device::wgpu(DeviceKind::DefaultDevice),
+    };
+    let adapter = format!("{:?}", device.identity()).replace('"', "'");
+    let shapes: &[(usize, usize)] = if args.all_shapes {
+        &[(576, 1536), (4096, 4096), (4096, 11008)]
+    } else {
+        &[(576, 1536)]
+    };
+    if !args.json {
+        println!("device: {adapter}");
+        println!(
+            "{:>5} {:>5} {:>6} | {:>9} {:>9} {:>9} | {:>11} {:>13} | chosen",
+            "M", "K", "N", "fused", "deq+mm", "dense", "fused/dense", "fused/deq+mm"
+        );
+    }
+    for &(k, n) in shapes {
+        let w = random(n * k, (k * n) as u64);
+        let q = QuantizedTensor::quantize(&w, &[n, k], QuantConfig::default()).expect("quantize");
+        let qw = QWeight::upload(&q, &device);
+        // W^T laid out contiguously, as a dense model would store it for X W^T.
+        let mut wt = vec![0f32; n * k];
+        for (r, row) in w.chunks(k).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                wt[c * n + r] = v;
+            }
+        }
+        let dense_t = Tensor::<2>::from_data(TensorData::new(wt, [k, n]), &device);
+        if !args.json {
+            println!(
+                "weight {k}x{n}: NF4 {} bytes on device vs f32 {} bytes ({:.2}x smaller)",
+                qw.size_bytes(),
+                n * k * 4,
+                (n * k * 4) as f64 / qw.size_bytes() as f64
+            );
+        }
+        for m in [1usize, 8, 128, 512, 2048] {
+            let x =
+                Tensor::<2>::from_data(TensorData::new(random(m * k, m as u64), [m, k]), &device);
+            let flops = 2.0 * (m * n * k) as f64 / 1e9;
+            let fused = flops
+                / time(&device, || {
+                    ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::Fused)
+                });
+            let deq = flops
+                / time(&device, || {
+                    ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::DequantMatmul)
+                });
+            let dense = flops / time(&device, || x.clone().matmul(dense_t.clone()));
+            let chosen = if fused >= deq {
+                "fused"
+            } else {
+                "dequant_matmul"
+            };
+            if args.json {
+                println!(
+                    "{{\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{fused:.4},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{dense:.4},\"chosen\":\"{chosen}\",\"adapter\":\"{adapter}\"}}"
+                );
+            } else {
+                println!(
+                    "{m:>5} {k:>5} {n:>6} | {fused:>9.2} {deq:>9.2} {dense:>9.2} | {:>11.2} {:>13.2} | {chosen}",
+                    fused / dense,
+                    fused / deq
+                );
+            }
+        }
+    }
+}

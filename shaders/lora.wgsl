@@ -1,0 +1,83 @@
+// LoRA matmul, one kernel for the forward and every backward product:
+//   C[i, j] = alpha * sum_k A(i, k) * B(k, j),   A(i, k) = a[i*a_rs + k*a_cs],  B(k, j) = b[k*b_rs + j*b_cs]
+// Strides select the transposes, so with U = X A^T and scale s:
+//   forward U = X A^T, Y = s U B^T;  backward dU = s dY B, dB = s dY^T U, dA = dU^T X, dX = dU A.
+// C is [MO, NO] contiguous row-major f32.
+//
+// Workgroup 16 x 16, each lane computes a TM x TN micro-tile of a (16*TM) x (16*TN) output tile;
+// K advances in slices of 16 staged in workgroup memory (16*16*(TM+TN) f32 <= 8 KiB).
+// Grid: x = ceil(NO / (16*TN)), y = ceil(MO / (16*TM)).
+//
+// Bindings: 0 a f32 | 1 b f32 | 2 c f32[MO*NO]
+//           3 params u32[MO, NO, K, a_rs, a_cs, b_rs, b_cs, bitcast<u32>(alpha)]
+
+@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read_write> params: array<u32>;
+
+const TM: u32 = {{ tm }}u;
+const TN: u32 = {{ tn }}u;
+const BM: u32 = 16u * TM;
+const BN: u32 = 16u * TN;
+const BK: u32 = 16u;
+
+var<workgroup> a_tile: array<f32, {{ a_tile_len }}>; // [BK][BM]
+var<workgroup> b_tile: array<f32, {{ b_tile_len }}>; // [BK][BN]
+
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let mo = params[0];
+    let no = params[1];
+    let kt = params[2];
+    let a_rs = params[3];
+    let a_cs = params[4];
+    let b_rs = params[5];
+    let b_cs = params[6];
+    let alpha = bitcast<f32>(params[7]);
+    let row0 = wid.y * BM;
+    let col0 = wid.x * BN;
+
+    var acc: array<f32, {{ acc_len }}>;
+    for (var k0 = 0u; k0 < kt; k0 += BK) {
+        // Stage A(row0.., k0..) and B(k0.., col0..), zero outside the matrix.
+        for (var e = li; e < BK * BM; e += 256u) {
+            let kk = e / BM;
+            let ii = e % BM;
+            var v = 0.0;
+            if row0 + ii < mo && k0 + kk < kt {
+                v = a[(row0 + ii) * a_rs + (k0 + kk) * a_cs];
+            }
+            a_tile[kk * BM + ii] = v;
+        }
+        for (var e = li; e < BK * BN; e += 256u) {
+            let kk = e / BN;
+            let jj = e % BN;
+            var v = 0.0;
+            if col0 + jj < no && k0 + kk < kt {
+                v = b[(k0 + kk) * b_rs + (col0 + jj) * b_cs];
+            }
+            b_tile[kk * BN + jj] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            for (var ti = 0u; ti < TM; ti++) {
+                let av = a_tile[kk * BM + lid.y * TM + ti];
+                for (var tj = 0u; tj < TN; tj++) {
+                    acc[ti * TN + tj] += av * b_tile[kk * BN + lid.x * TN + tj];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var ti = 0u; ti < TM; ti++) {
+        let i = row0 + lid.y * TM + ti;
+        for (var tj = 0u; tj < TN; tj++) {
+            let j = col0 + lid.x * TN + tj;
+            if i < mo && j < no {
+                c[i * no + j] = alpha * acc[ti * TN + tj];
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+// Fused 4-bit matmul:  Y[m, n] = sum_k X[m, k] * W[n, k],  W = dequant(packed) of shape [N, K].
+// X is [M, K] and Y is [M, N], both contiguous row-major f32. Layout and statistics of W: see
+// common_4bit.wgsl (prepended). Built for small M (token generation, short batches).
+//
+// Workgroup 32 x 8: the 8 rows (y) each compute one output column n; the 32 lanes (x) of a row
+// stride over the packed words of W's row n, decode each word once (8 weights, one absmax) and
+// apply it to TM rows of X. Lane partial sums meet in workgroup memory (8*TM*32 f32 <= 8 KiB).
+// Grid: x * y = ceil(N / 8) groups (2-D when large), z = ceil(M / TM).
+//
+// Bindings: 0 packed | 1 absmax_q | 2 scales | 3 tables | 4 x f32[M*K] | 5 y f32[M*N]
+//           6 params u32[M, N, K, blocksize, groups_x]
+
+@group(0) @binding(0) var<storage, read_write> packed: array<u32>;
+@group(0) @binding(1) var<storage, read_write> absmax_q: array<u32>;
+@group(0) @binding(2) var<storage, read_write> scales: array<f32>;
+@group(0) @binding(3) var<storage, read_write> tables: array<f32>;
+@group(0) @binding(4) var<storage, read_write> x: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read_write> params: array<u32>;
+
+const TM: u32 = {{ tm }}u;
+var<workgroup> partial: array<f32, {{ partial_len }}>;
+
+@compute @workgroup_size(32, 8, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let m_total = params[0];
+    let n_total = params[1];
+    let k_total = params[2];
+    let blocksize = params[3];
+    let n = (wid.y * params[4] + wid.x) * 8u + lid.y;
+    let m0 = wid.z * TM;
+    let m_count = min(TM, m_total - m0);
+
+    var acc: array<f32, {{ tm }}>;
+    if n < n_total {
+        let start = n * k_total;
+        let end = start + k_total;
+        let w_end = (end + 7u) / 8u;
+        for (var w = start / 8u + lid.x; w < w_end; w += 32u) {
+            let word = packed[w];
+            let scale = block_absmax((w * 8u) / blocksize);
+            for (var p = 0u; p < 8u; p++) {
+                let i = w * 8u + p;
+                if i >= start && i < end {
+                    let v = tables[nibble(word, p)] * scale;
+                    let k = i - start;
+                    for (var mm = 0u; mm < m_count; mm++) {
+                        acc[mm] += x[(m0 + mm) * k_total + k] * v;
+                    }
+                }
+            }
+        }
+    }
+    for (var mm = 0u; mm < TM; mm++) {
+        partial[(lid.y * TM + mm) * 32u + lid.x] = acc[mm];
+    }
+    workgroupBarrier();
+    if n < n_total && lid.x < m_count {
+        var sum = 0.0;
+        for (var t = 0u; t < 32u; t++) {
+            sum += partial[(lid.y * TM + lid.x) * 32u + t];
+        }
+        y[(m0 + lid.x) * n_total + n] = sum;
+    }
+}

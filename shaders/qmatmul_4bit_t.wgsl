@@ -1,0 +1,57 @@
+// Transposed fused 4-bit matmul (input gradient):  dX[m, k] = sum_n dY[m, n] * W[n, k],
+// W = dequant(packed) of shape [N, K]; dY is [M, N], dX is [M, K], contiguous row-major f32.
+// Layout and statistics of W: see common_4bit.wgsl (prepended).
+//
+// Workgroup 64 x 4: the 64 lanes (x) own 64 consecutive columns k (neighbouring nibbles, so
+// reads of a row of W are contiguous); the 4 rows (y) split the sum over n. Each lane applies a
+// decoded weight to TM rows of dY; partial sums meet in workgroup memory (4*TM*64 f32 <= 8 KiB).
+// Grid: x * y = ceil(K / 64) groups (2-D when large), z = ceil(M / TM).
+//
+// Bindings: 0 packed | 1 absmax_q | 2 scales | 3 tables | 4 dy f32[M*N] | 5 dx f32[M*K]
+//           6 params u32[M, N, K, blocksize, groups_x]
+
+@group(0) @binding(0) var<storage, read_write> packed: array<u32>;
+@group(0) @binding(1) var<storage, read_write> absmax_q: array<u32>;
+@group(0) @binding(2) var<storage, read_write> scales: array<f32>;
+@group(0) @binding(3) var<storage, read_write> tables: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(6) var<storage, read_write> params: array<u32>;
+
+const TM: u32 = {{ tm }}u;
+var<workgroup> partial: array<f32, {{ partial_len }}>;
+
+@compute @workgroup_size(64, 4, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let m_total = params[0];
+    let n_total = params[1];
+    let k_total = params[2];
+    let blocksize = params[3];
+    let k = (wid.y * params[4] + wid.x) * 64u + lid.x;
+    let m0 = wid.z * TM;
+    let m_count = min(TM, m_total - m0);
+
+    var acc: array<f32, {{ tm }}>;
+    if k < k_total {
+        for (var n = lid.y; n < n_total; n += 4u) {
+            let i = n * k_total + k;
+            let v = tables[nibble(packed[i >> 3u], i & 7u)] * block_absmax(i / blocksize);
+            for (var mm = 0u; mm < m_count; mm++) {
+                acc[mm] += dy[(m0 + mm) * n_total + n] * v;
+            }
+        }
+    }
+    for (var mm = 0u; mm < TM; mm++) {
+        partial[(lid.y * TM + mm) * 64u + lid.x] = acc[mm];
+    }
+    workgroupBarrier();
+    if k < k_total && lid.y == 0u {
+        for (var mm = 0u; mm < m_count; mm++) {
+            var sum = 0.0;
+            for (var t = 0u; t < 4u; t++) {
+                sum += partial[(t * TM + mm) * 64u + lid.x];
+            }
+            dx[(m0 + mm) * k_total + k] = sum;
+        }
+    }
+}

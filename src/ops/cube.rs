@@ -1,0 +1,324 @@
+//! The WGSL implementation of [`QuantBackend`] for burn's CubeCL backend on the wgpu runtime.
+
+use burn::backend::{
+    ops::FloatTensorOps,
+    tensor::{FloatTensor, IntTensor},
+    wgpu::{CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous},
+};
+use burn::cubecl::{CubeCount, CubeDim, prelude::KernelId, server::KernelArguments};
+use burn::tensor::{DType, Shape};
+
+use super::backend::QuantBackend;
+use super::dispatch;
+use super::layout::{MatmulStrategy, QLayout};
+use super::shaders::{self, Shader, StatsKind};
+
+/// A rendered WGSL specialization as a CubeCL kernel source.
+struct WgslKernel(Shader);
+
+impl KernelSource for WgslKernel {
+    fn source(&self) -> SourceTemplate {
+        SourceTemplate::new(self.0.source())
+    }
+
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info(self.0)
+    }
+
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}
+
+/// Panics unless `t` lives on the wgpu runtime with the WGSL compiler: the public API in
+/// [`crate::ops`] routes every other runtime to the reference implementation.
+fn ensure_wgsl(t: &CubeTensor) {
+    let name = t.client.name();
+    assert!(
+        name.contains("wgsl"),
+        "wgtune's WGSL kernels need the wgpu runtime with WGSL, got '{name}'; \
+         other runtimes take the reference path"
+    );
+}
+
+fn ensure_f32(t: &CubeTensor, what: &str) {
+    assert!(
+        t.dtype == DType::F32,
+        "{what} must be f32 for the 4-bit kernels, got {:?}",
+        t.dtype
+    );
+}
+
+fn empty_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
+    let handle = like.client.empty(shape.num_elements() * 4);
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        DType::F32,
+    )
+}
+
+/// Split `groups` workgroups over x and y so neither exceeds the 65535 limit.
+fn grid_2d(groups: usize) -> (u32, u32) {
+    const MAX: usize = 65535;
+    if groups <= MAX {
+        (groups.max(1) as u32, 1)
+    } else {
+        (MAX as u32, groups.div_ceil(MAX) as u32)
+    }
+}
+
+fn launch(shader: Shader, count: (u32, u32, u32), buffers: &[&CubeTensor], params: &[u32]) {
+    let client = &buffers[0].client;
+    let params = client.create_from_slice(bytemuck::cast_slice(params));
+    let (x, y, z) = shader.workgroup();
+    let mut bindings: Vec<_> = buffers.iter().map(|t| t.handle.clone().binding()).collect();
+    bindings.push(params.binding());
+    client.launch(
+        Box::new(SourceKernel::new(
+            WgslKernel(shader),
+            CubeDim::new_3d(x, y, z),
+        )),
+        CubeCount::Static(count.0, count.1, count.2),
+        KernelArguments::new().with_buffers(bindings),
+    );
+}
+
+/// The four weight tensors, contiguous, checked against the layout.
+struct Weight {
+    packed: CubeTensor,
+    absmax_q: CubeTensor,
+    scales: CubeTensor,
+    tables: CubeTensor,
+    stats: StatsKind,
+}
+
+impl Weight {
+    fn new(
+        packed: CubeTensor,
+        absmax_q: CubeTensor,
+        scales: CubeTensor,
+        tables: CubeTensor,
+        layout: &QLayout,
+    ) -> Self {
+        ensure_wgsl(&packed);
+        assert_eq!(
+            packed.meta.shape().num_elements(),
+            layout.numel().div_ceil(8),
+            "packed weight words disagree with the layout {layout:?}"
+        );
+        assert!(
+            layout.blocksize >= 8 && layout.blocksize.is_power_of_two(),
+            "blocksize must be a power of two >= 8, got {}",
+            layout.blocksize
+        );
+        ensure_f32(&scales, "absmax statistics");
+        ensure_f32(&tables, "quantization tables");
+        Self {
+            packed: into_contiguous(packed),
+            absmax_q: into_contiguous(absmax_q),
+            scales: into_contiguous(scales),
+            tables: into_contiguous(tables),
+            stats: StatsKind {
+                double_quant: layout.double_quant,
+                nested: layout.nested_blocksize as u32,
+            },
+        }
+    }
+
+    fn buffers(&self) -> [&CubeTensor; 4] {
+        [&self.packed, &self.absmax_q, &self.scales, &self.tables]
+    }
+}
+
+fn dequantize_weight(w: &Weight, layout: &QLayout) -> CubeTensor {
+    let out = empty_f32(
+        &w.scales,
+        Shape::from(vec![layout.out_features, layout.in_features]),
+    );
+    let words = layout.numel().div_ceil(8);
+    let (gx, gy) = grid_2d(words.div_ceil(shaders::DEQUANT_WG as usize));
+    let [p, q, s, t] = w.buffers();
+    launch(
+        Shader::Dequant(w.stats),
+        (gx, gy, 1),
+        &[p, q, s, t, &out],
+        &[
+            layout.numel() as u32,
+            layout.blocksize as u32,
+            words as u32,
+            gx,
+        ],
+    );
+    out
+}
+
+/// Rows of a `[.., last]` tensor.
+fn rows(shape: &Shape, last: usize) -> usize {
+    shape.num_elements() / last.max(1)
+}
+
+impl QuantBackend for CubeBackend {
+    fn qmatmul(
+        x: FloatTensor<Self>,
+        packed: IntTensor<Self>,
+        absmax_q: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        tables: FloatTensor<Self>,
+        layout: QLayout,
+        strategy: MatmulStrategy,
+    ) -> FloatTensor<Self> {
+        let w = Weight::new(packed, absmax_q, scales, tables, &layout);
+        ensure_f32(&x, "qmatmul input");
+        let x = into_contiguous(x);
+        let shape = x.meta.shape().clone();
+        let (k, n) = (layout.in_features, layout.out_features);
+        assert_eq!(
+            shape[shape.num_dims() - 1],
+            k,
+            "qmatmul input's last dimension must equal in_features"
+        );
+        let m = rows(&shape, k);
+        let out_shape = super::layout::qmatmul_shape(&shape, &layout);
+        match dispatch::resolve(strategy, m, false) {
+            MatmulStrategy::DequantMatmul => {
+                let wt = Self::float_transpose(dequantize_weight(&w, &layout));
+                let x2 = Self::float_reshape(x, Shape::from(vec![m, k]));
+                Self::float_reshape(Self::float_matmul(x2, wt), out_shape)
+            }
+            _ => {
+                let y = empty_f32(&x, out_shape);
+                if m == 0 {
+                    return y;
+                }
+                let tm = shaders::FUSED_TM;
+                let (gx, gy) = grid_2d(n.div_ceil(8));
+                let [p, q, s, t] = w.buffers();
+                launch(
+                    Shader::Qmatmul { stats: w.stats, tm },
+                    (gx, gy, m.div_ceil(tm as usize) as u32),
+                    &[p, q, s, t, &x, &y],
+                    &[m as u32, n as u32, k as u32, layout.blocksize as u32, gx],
+                );
+                y
+            }
+        }
+    }
+
+    fn qmatmul_t(
+        dy: FloatTensor<Self>,
+        packed: IntTensor<Self>,
+        absmax_q: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        tables: FloatTensor<Self>,
+        layout: QLayout,
+        strategy: MatmulStrategy,
+    ) -> FloatTensor<Self> {
+        let w = Weight::new(packed, absmax_q, scales, tables, &layout);
+        ensure_f32(&dy, "qmatmul_t input");
+        let dy = into_contiguous(dy);
+        let shape = dy.meta.shape().clone();
+        let (k, n) = (layout.in_features, layout.out_features);
+        assert_eq!(
+            shape[shape.num_dims() - 1],
+            n,
+            "qmatmul_t input's last dimension must equal out_features"
+        );
+        let m = rows(&shape, n);
+        let out_shape = super::layout::qmatmul_t_shape(&shape, &layout);
+        match dispatch::resolve(strategy, m, true) {
+            MatmulStrategy::DequantMatmul => {
+                let wd = dequantize_weight(&w, &layout);
+                let dy2 = Self::float_reshape(dy, Shape::from(vec![m, n]));
+                Self::float_reshape(Self::float_matmul(dy2, wd), out_shape)
+            }
+            _ => {
+                let dx = empty_f32(&dy, out_shape);
+                if m == 0 {
+                    return dx;
+                }
+                let tm = shaders::FUSED_TM;
+                let (gx, gy) = grid_2d(k.div_ceil(64));
+                let [p, q, s, t] = w.buffers();
+                launch(
+                    Shader::QmatmulT { stats: w.stats, tm },
+                    (gx, gy, m.div_ceil(tm as usize) as u32),
+                    &[p, q, s, t, &dy, &dx],
+                    &[m as u32, n as u32, k as u32, layout.blocksize as u32, gx],
+                );
+                dx
+            }
+        }
+    }
+
+    fn dequantize_4bit(
+        packed: IntTensor<Self>,
+        absmax_q: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        tables: FloatTensor<Self>,
+        layout: QLayout,
+    ) -> FloatTensor<Self> {
+        let w = Weight::new(packed, absmax_q, scales, tables, &layout);
+        dequantize_weight(&w, &layout)
+    }
+
+    fn lora_matmul(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        trans_lhs: bool,
+        trans_rhs: bool,
+        alpha: f32,
+    ) -> FloatTensor<Self> {
+        ensure_wgsl(&lhs);
+        ensure_f32(&lhs, "LoRA lhs");
+        ensure_f32(&rhs, "LoRA rhs");
+        let (ls, rs) = (lhs.meta.shape().clone(), rhs.meta.shape().clone());
+        assert!(
+            ls.num_dims() == 2 && rs.num_dims() == 2,
+            "lora_matmul takes 2-D operands, got {ls:?} and {rs:?}"
+        );
+        // Element (i, k) of op(L) is lhs[i*a_rs + k*a_cs]; element (k, j) of op(R) is
+        // rhs[k*b_rs + j*b_cs]. The tensors' own strides serve, so transposed views need no copy.
+        let (l0, l1) = (lhs.meta.strides()[0] as u32, lhs.meta.strides()[1] as u32);
+        let (r0, r1) = (rhs.meta.strides()[0] as u32, rhs.meta.strides()[1] as u32);
+        let (mo, kl, a_rs, a_cs) = if trans_lhs {
+            (ls[1], ls[0], l1, l0)
+        } else {
+            (ls[0], ls[1], l0, l1)
+        };
+        let (kr, no, b_rs, b_cs) = if trans_rhs {
+            (rs[1], rs[0], r1, r0)
+        } else {
+            (rs[0], rs[1], r0, r1)
+        };
+        assert_eq!(
+            kl, kr,
+            "lora_matmul inner dimensions differ: {ls:?} x {rs:?}"
+        );
+        let out = empty_f32(&lhs, Shape::from(vec![mo, no]));
+        if mo == 0 || no == 0 {
+            return out;
+        }
+        let (tm, tn) = (shaders::lora_tile(mo), shaders::lora_tile(no));
+        let gx = no.div_ceil(16 * tn as usize) as u32;
+        let gy = mo.div_ceil(16 * tm as usize) as u32;
+        launch(
+            Shader::Lora { tm, tn },
+            (gx, gy, 1),
+            &[&lhs, &rhs, &out],
+            &[
+                mo as u32,
+                no as u32,
+                kl as u32,
+                a_rs,
+                a_cs,
+                b_rs,
+                b_cs,
+                alpha.to_bits(),
+            ],
+        );
+        out
+    }
+}

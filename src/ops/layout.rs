@@ -1,0 +1,68 @@
+//! Shapes and launch options shared by the backend trait and its implementations.
+
+use burn::tensor::Shape;
+
+/// What a quantized linear weight looks like on the device: `W` is `[out_features, in_features]`
+/// row-major, in blocks of `blocksize` consecutive elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QLayout {
+    /// Rows of W (N).
+    pub out_features: usize,
+    /// Columns of W (K).
+    pub in_features: usize,
+    /// Elements per absmax block.
+    pub blocksize: usize,
+    /// Whether the absmax statistics are double quantized.
+    pub double_quant: bool,
+    /// Nested block size of the double quantization.
+    pub nested_blocksize: usize,
+}
+
+impl QLayout {
+    /// Elements of W.
+    pub fn numel(&self) -> usize {
+        self.out_features * self.in_features
+    }
+}
+
+/// Which implementation computes a 4-bit matmul on the kernel path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MatmulStrategy {
+    /// The measured choice for the shape (see [`crate::ops::dispatch`]).
+    #[default]
+    Auto,
+    /// The fused dequant+matmul WGSL kernel.
+    Fused,
+    /// Dequantize to f32 with the WGSL kernel, then burn's matmul.
+    DequantMatmul,
+}
+
+/// Output shape of `X * W^T`: X's shape with the last dimension replaced by `out_features`.
+pub fn qmatmul_shape(x: &Shape, layout: &QLayout) -> Shape {
+    let mut dims = x.to_vec();
+    *dims
+        .last_mut()
+        .expect("qmatmul input has at least one dimension") = layout.out_features;
+    Shape::from(dims)
+}
+
+/// Output shape of `dY * W`: dY's shape with the last dimension replaced by `in_features`.
+pub fn qmatmul_t_shape(dy: &Shape, layout: &QLayout) -> Shape {
+    let mut dims = dy.to_vec();
+    *dims
+        .last_mut()
+        .expect("qmatmul_t input has at least one dimension") = layout.in_features;
+    Shape::from(dims)
+}
+
+/// Shape of the dequantized weight.
+pub fn dequant_shape(layout: &QLayout) -> Shape {
+    Shape::from(vec![layout.out_features, layout.in_features])
+}
+
+/// Output shape of `op(L) * op(R)` for 2-D operands, `op` a transpose when its flag is set.
+pub fn lora_shape(lhs: &Shape, rhs: &Shape, trans_lhs: &bool, trans_rhs: &bool) -> Shape {
+    let rows = if *trans_lhs { lhs[1] } else { lhs[0] };
+    let cols = if *trans_rhs { rhs[0] } else { rhs[1] };
+    Shape::from(vec![rows, cols])
+}

@@ -1,0 +1,122 @@
+//! Quantized and LoRA operations on burn tensors.
+//!
+//! One extension trait ([`QuantBackend`]) with a WGSL implementation for wgpu (`cube.rs`), the
+//! fusion backend's deferral (generated), and a hand-written autodiff backward (`autodiff.rs`);
+//! plus a reference implementation in plain burn ops ([`reference`]) for every other backend.
+//! The functions here pick the path from the weight's device.
+
+mod autodiff;
+mod backend;
+mod cube;
+pub mod dispatch;
+mod layout;
+pub mod reference;
+pub mod shaders;
+mod weight;
+
+use burn::backend::Dispatch;
+use burn::tensor::Tensor;
+
+pub use backend::QuantBackend;
+pub use layout::{MatmulStrategy, QLayout};
+pub use weight::{OpsPath, QWeight, TABLES_LEN};
+
+/// `Y = X * dequant(W)^T` over the last dimension of `x` (`[.., in] -> [.., out]`).
+pub fn qmatmul<const D: usize>(x: Tensor<D>, w: &QWeight) -> Tensor<D> {
+    qmatmul_with(x, w, MatmulStrategy::Auto)
+}
+
+/// [`qmatmul`] with an explicit kernel strategy (ignored on the reference path).
+pub fn qmatmul_with<const D: usize>(
+    x: Tensor<D>,
+    w: &QWeight,
+    strategy: MatmulStrategy,
+) -> Tensor<D> {
+    match w.path {
+        OpsPath::Reference => reference::qmatmul(x, w),
+        OpsPath::Kernel => Tensor::from_dispatch(Dispatch::qmatmul(
+            x.into_dispatch(),
+            w.packed.clone().into_dispatch(),
+            w.absmax_q.clone().into_dispatch(),
+            w.scales.clone().into_dispatch(),
+            w.tables.clone().into_dispatch(),
+            w.layout,
+            strategy,
+        )),
+    }
+}
+
+/// `dX = dY * dequant(W)` over the last dimension of `dy` (`[.., out] -> [.., in]`).
+pub fn qmatmul_t<const D: usize>(dy: Tensor<D>, w: &QWeight) -> Tensor<D> {
+    qmatmul_t_with(dy, w, MatmulStrategy::Auto)
+}
+
+/// [`qmatmul_t`] with an explicit kernel strategy (ignored on the reference path).
+pub fn qmatmul_t_with<const D: usize>(
+    dy: Tensor<D>,
+    w: &QWeight,
+    strategy: MatmulStrategy,
+) -> Tensor<D> {
+    match w.path {
+        OpsPath::Reference => reference::qmatmul_t(dy, w),
+        OpsPath::Kernel => Tensor::from_dispatch(Dispatch::qmatmul_t(
+            dy.into_dispatch(),
+            w.packed.clone().into_dispatch(),
+            w.absmax_q.clone().into_dispatch(),
+            w.scales.clone().into_dispatch(),
+            w.tables.clone().into_dispatch(),
+            w.layout,
+            strategy,
+        )),
+    }
+}
+
+/// `dequant(W)` as an f32 `[out, in]` tensor.
+pub fn dequantize(w: &QWeight) -> Tensor<2> {
+    match w.path {
+        OpsPath::Reference => reference::dequantize(w),
+        OpsPath::Kernel => Tensor::from_dispatch(Dispatch::dequantize_4bit(
+            w.packed.clone().into_dispatch(),
+            w.absmax_q.clone().into_dispatch(),
+            w.scales.clone().into_dispatch(),
+            w.tables.clone().into_dispatch(),
+            w.layout,
+        )),
+    }
+}
+
+/// `alpha * op(lhs) * op(rhs)` for 2-D operands, on `path`.
+pub fn lora_matmul(
+    lhs: Tensor<2>,
+    rhs: Tensor<2>,
+    trans_lhs: bool,
+    trans_rhs: bool,
+    alpha: f32,
+    path: OpsPath,
+) -> Tensor<2> {
+    match path {
+        OpsPath::Reference => reference::lora_matmul(lhs, rhs, trans_lhs, trans_rhs, alpha),
+        OpsPath::Kernel => Tensor::from_dispatch(Dispatch::lora_matmul(
+            lhs.into_dispatch(),
+            rhs.into_dispatch(),
+            trans_lhs,
+            trans_rhs,
+            alpha,
+        )),
+    }
+}
+
+/// The LoRA update `scale * (X A^T) B^T` over the last dimension of `x`, with `A` `[r, in]`
+/// and `B` `[out, r]` (PEFT's layout); the path follows `x`'s device.
+pub fn lora<const D: usize>(x: Tensor<D>, a: Tensor<2>, b: Tensor<2>, scale: f32) -> Tensor<D> {
+    let path = OpsPath::for_device(&x.device());
+    let dims = x.dims();
+    let k = dims[D - 1];
+    let rows = dims.iter().product::<usize>() / k.max(1);
+    let x2 = x.reshape([rows, k]);
+    let u = lora_matmul(x2, a, false, true, 1.0, path);
+    let y = lora_matmul(u, b.clone(), false, true, scale, path);
+    let mut out = dims;
+    out[D - 1] = b.dims()[0];
+    y.reshape(out)
+}

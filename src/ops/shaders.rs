@@ -1,0 +1,172 @@
+//! The WGSL sources in `shaders/` and the specializations the code launches.
+//!
+//! Templates use `{{ name }}` placeholders; [`Shader::source`] renders one specialization. The
+//! same rendering feeds the kernels and the naga validation test, so a shader that fails to
+//! validate fails on any machine, GPU or not.
+
+const COMMON_4BIT: &str = include_str!("../../shaders/common_4bit.wgsl");
+const DEQUANT_4BIT: &str = include_str!("../../shaders/dequant_4bit.wgsl");
+const QMATMUL_4BIT: &str = include_str!("../../shaders/qmatmul_4bit.wgsl");
+const QMATMUL_4BIT_T: &str = include_str!("../../shaders/qmatmul_4bit_t.wgsl");
+const LORA: &str = include_str!("../../shaders/lora.wgsl");
+
+/// Invocations per workgroup of the dequantization kernel.
+pub const DEQUANT_WG: u32 = 256;
+/// Rows of X handled per workgroup by the fused kernels (the grid's z covers the rest).
+pub const FUSED_TM: u32 = 8;
+/// Nested block size of double quantization (bitsandbytes uses 256).
+pub const NESTED_BLOCKSIZE: u32 = 256;
+
+/// How a 4-bit weight stores its block statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StatsKind {
+    /// Double quantization (u8 absmax codes + nested absmax) instead of f32 absmax.
+    pub double_quant: bool,
+    /// Nested block size (only read with double quantization).
+    pub nested: u32,
+}
+
+/// One specialization of one shader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    /// `dequant_4bit.wgsl`.
+    Dequant(StatsKind),
+    /// `qmatmul_4bit.wgsl`, `tm` rows of X per workgroup.
+    Qmatmul { stats: StatsKind, tm: u32 },
+    /// `qmatmul_4bit_t.wgsl`, `tm` rows of dY per workgroup.
+    QmatmulT { stats: StatsKind, tm: u32 },
+    /// `lora.wgsl` with a `tm` x `tn` micro-tile per invocation.
+    Lora { tm: u32, tn: u32 },
+}
+
+impl Shader {
+    /// Workgroup size `(x, y, z)`, as written in the shader.
+    pub fn workgroup(&self) -> (u32, u32, u32) {
+        match self {
+            Shader::Dequant(_) => (DEQUANT_WG, 1, 1),
+            Shader::Qmatmul { .. } => (32, 8, 1),
+            Shader::QmatmulT { .. } => (64, 4, 1),
+            Shader::Lora { .. } => (16, 16, 1),
+        }
+    }
+
+    /// The rendered WGSL text of this specialization.
+    pub fn source(&self) -> String {
+        match *self {
+            Shader::Dequant(stats) => {
+                let body = render(DEQUANT_4BIT, &[("wg", DEQUANT_WG.to_string())]);
+                with_common(stats, &body)
+            }
+            Shader::Qmatmul { stats, tm } => {
+                let body = render(
+                    QMATMUL_4BIT,
+                    &[
+                        ("tm", tm.to_string()),
+                        ("partial_len", (8 * tm * 32).to_string()),
+                    ],
+                );
+                with_common(stats, &body)
+            }
+            Shader::QmatmulT { stats, tm } => {
+                let body = render(
+                    QMATMUL_4BIT_T,
+                    &[
+                        ("tm", tm.to_string()),
+                        ("partial_len", (4 * tm * 64).to_string()),
+                    ],
+                );
+                with_common(stats, &body)
+            }
+            Shader::Lora { tm, tn } => render(
+                LORA,
+                &[
+                    ("tm", tm.to_string()),
+                    ("tn", tn.to_string()),
+                    ("a_tile_len", (16 * 16 * tm).to_string()),
+                    ("b_tile_len", (16 * 16 * tn).to_string()),
+                    ("acc_len", (tm * tn).to_string()),
+                ],
+            ),
+        }
+    }
+
+    /// Every specialization the code can launch (for validation).
+    pub fn all() -> Vec<Shader> {
+        let mut all = Vec::new();
+        for double_quant in [false, true] {
+            let stats = StatsKind {
+                double_quant,
+                nested: NESTED_BLOCKSIZE,
+            };
+            all.push(Shader::Dequant(stats));
+            all.push(Shader::Qmatmul {
+                stats,
+                tm: FUSED_TM,
+            });
+            all.push(Shader::QmatmulT {
+                stats,
+                tm: FUSED_TM,
+            });
+        }
+        for tm in LORA_TILES {
+            for tn in LORA_TILES {
+                all.push(Shader::Lora { tm, tn });
+            }
+        }
+        all
+    }
+}
+
+/// Micro-tile sizes the LoRA kernel is specialized for.
+pub const LORA_TILES: [u32; 2] = [1, 4];
+
+/// The LoRA micro-tile for one output dimension: 1 for skinny (<= 16), else 4.
+pub fn lora_tile(dim: usize) -> u32 {
+    if dim <= 16 { 1 } else { 4 }
+}
+
+fn with_common(stats: StatsKind, body: &str) -> String {
+    let common = render(
+        COMMON_4BIT,
+        &[
+            ("double_quant", stats.double_quant.to_string()),
+            ("nested", stats.nested.to_string()),
+        ],
+    );
+    format!("{common}\n{body}")
+}
+
+/// Replace every `{{ name }}` in `template` with its value.
+///
+/// Panics on a placeholder left without a value: that is a bug in this file, caught by the
+/// validation test.
+fn render(template: &str, vars: &[(&str, String)]) -> String {
+    let mut out = template.to_string();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{{ {name} }}}}"), value);
+    }
+    if let Some(pos) = out.find("{{") {
+        let end = out[pos..].find("}}").map_or(out.len(), |e| pos + e + 2);
+        panic!("shader placeholder without a value: {}", &out[pos..end]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_replaces_every_placeholder() {
+        assert_eq!(
+            render("a {{ x }} b {{ x }}", &[("x", "1".into())]),
+            "a 1 b 1"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "placeholder without a value")]
+    fn render_rejects_missing_values() {
+        render("a {{ y }}", &[("x", "1".into())]);
+    }
+}

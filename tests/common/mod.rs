@@ -1,0 +1,53 @@
+//! Devices and comparisons shared by the integration tests.
+#![allow(dead_code)]
+
+use burn::tensor::{Device, DeviceKind, Tensor};
+
+/// The wgpu device: Mesa's llvmpipe on a machine without a GPU (what CI has), a real adapter
+/// elsewhere. `CUBECL_WGPU_DEFAULT_DEVICE=Cpu` pins llvmpipe on a machine with a GPU.
+pub fn wgpu() -> Device {
+    Device::wgpu(DeviceKind::DefaultDevice)
+}
+
+/// burn's CPU backend, where the reference implementation runs as the oracle.
+#[allow(deprecated)] // burn-ndarray: the CPU backend DESIGN.md measured fastest here
+pub fn cpu() -> Device {
+    Device::ndarray()
+}
+
+/// Host copy of a tensor's values.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 data")
+}
+
+/// max |a - b| / max |b|: the relative error of `a` against the reference `b`.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let scale = b
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(diff.is_finite(), "non-finite difference");
+    diff / scale
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (xorshift), so failures reproduce.
+pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(burn::tensor::TensorData::new(values, shape), device)
+}
