@@ -56,18 +56,20 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Median seconds of `f` over repetitions, after one warm-up call (compilation, autotune).
-/// Repeats until ~1 s has passed or 7 runs.
+/// Seconds per call of `f`: the median over samples of `QUEUED` calls queued back to back and
+/// synchronized once (as in a model's forward pass, where launches overlap), after a warm-up
+/// call (compilation). Samples until ~1 s has passed, 7 at most.
 fn time(device: &Device, mut f: impl FnMut() -> Tensor<2>) -> f64 {
+    const QUEUED: usize = 4;
     let _ = f().into_data();
     let mut samples = Vec::new();
     let start = Instant::now();
     while samples.len() < 7 && (samples.is_empty() || start.elapsed() < Duration::from_secs(1)) {
         let t = Instant::now();
-        let y = f();
+        let outputs: Vec<_> = (0..QUEUED).map(|_| f()).collect();
         device.sync().expect("sync");
-        drop(y);
-        samples.push(t.elapsed().as_secs_f64());
+        drop(outputs);
+        samples.push(t.elapsed().as_secs_f64() / QUEUED as f64);
     }
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]

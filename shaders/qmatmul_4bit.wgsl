@@ -39,13 +39,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var w = start / 8u + lid.x; w < w_end; w += 32u) {
             let word = packed[w];
             let scale = block_absmax((w * 8u) / blocksize);
-            for (var p = 0u; p < 8u; p++) {
-                let i = w * 8u + p;
-                if i >= start && i < end {
-                    let v = tables[nibble(word, p)] * scale;
-                    let k = i - start;
-                    for (var mm = 0u; mm < m_count; mm++) {
-                        acc[mm] += x[(m0 + mm) * k_total + k] * v;
+            let base = w * 8u;
+            if base >= start && base + 8u <= end {
+                // The whole word lies in row n (always, when K % 8 == 0): two vec4 of weights.
+                let lo = vec4(tables[nibble(word, 0u)], tables[nibble(word, 1u)],
+                              tables[nibble(word, 2u)], tables[nibble(word, 3u)]) * scale;
+                let hi = vec4(tables[nibble(word, 4u)], tables[nibble(word, 5u)],
+                              tables[nibble(word, 6u)], tables[nibble(word, 7u)]) * scale;
+                let k0 = base - start;
+                for (var mm = 0u; mm < TM; mm++) {
+                    // Rows past M re-read row M-1; their sums are never written.
+                    let r = min(m0 + mm, m_total - 1u) * k_total + k0;
+                    acc[mm] += dot(vec4(x[r], x[r + 1u], x[r + 2u], x[r + 3u]), lo)
+                             + dot(vec4(x[r + 4u], x[r + 5u], x[r + 6u], x[r + 7u]), hi);
+                }
+            } else {
+                // A word shared with the neighbouring row (K % 8 != 0): element by element.
+                for (var p = 0u; p < 8u; p++) {
+                    let i = base + p;
+                    if i >= start && i < end {
+                        let v = tables[nibble(word, p)] * scale;
+                        let k = i - start;
+                        for (var mm = 0u; mm < TM; mm++) {
+                            acc[mm] += x[min(m0 + mm, m_total - 1u) * k_total + k] * v;
+                        }
                     }
                 }
             }

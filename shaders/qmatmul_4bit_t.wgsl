@@ -36,8 +36,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var n = lid.y; n < n_total; n += 4u) {
             let i = n * k_total + k;
             let v = tables[nibble(packed[i >> 3u], i & 7u)] * block_absmax(i / blocksize);
-            for (var mm = 0u; mm < m_count; mm++) {
-                acc[mm] += dy[(m0 + mm) * n_total + n] * v;
+            for (var mm = 0u; mm < TM; mm++) {
+                // Rows past M re-read row M-1; their sums are never written.
+                acc[mm] += dy[min(m0 + mm, m_total - 1u) * n_total + n] * v;
             }
         }
     }

@@ -27,10 +27,12 @@ use crate::quant::{QuantConfig, QuantFormat, QuantizedTensor};
 /// Arguments of `wgtune quantize`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct QuantizeArgs {
-    /// Input: a .safetensors file or a model directory.
-    pub input: PathBuf,
+    /// Input: a .safetensors file or a model directory. Without INPUT and OUTPUT, runs on a
+    /// built-in example model written under the system's temporary directory.
+    #[arg(requires = "output")]
+    pub input: Option<PathBuf>,
     /// Output: a .safetensors file (for a file input) or a directory (for a directory input).
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
     /// 4-bit data type.
     #[arg(long = "quant", default_value = "nf4")]
     pub quant: QuantFormat,
@@ -66,7 +68,77 @@ pub fn should_quantize(name: &str, shape: &[usize]) -> bool {
 pub fn run(args: QuantizeArgs) -> Result<()> {
     let cfg = args.config();
     cfg.validate()?;
-    let (input, output) = (&args.input, &args.output);
+    match (&args.input, &args.output) {
+        (Some(input), Some(output)) => quantize(input, output, cfg),
+        _ => run_example(cfg),
+    }
+}
+
+/// Quantizes the built-in example model (see [`super::example`]) and reports what it did.
+fn run_example(cfg: QuantConfig) -> Result<()> {
+    let root = std::env::temp_dir().join("wgtune-quantize-example");
+    let (input, output) = (
+        root.join("model"),
+        root.join(format!("model-{}", cfg.format.name())),
+    );
+    eprintln!(
+        "no paths given: quantizing the built-in example model (a random 2-layer LLaMA) in {}",
+        root.display()
+    );
+    if output.exists() {
+        std::fs::remove_dir_all(&output)
+            .with_context(|| format!("{}: cannot replace", output.display()))?;
+    }
+    super::example::write_example_model(&input)?;
+    quantize(&input, &output, cfg)?;
+    // Reconstruction error of the quantized linears, read back from what was written.
+    let (orig, quant) = (Checkpoint::open(&input)?, Checkpoint::open(&output)?);
+    let (mut sq_err, mut sq_ref, mut count) = (0f64, 0f64, 0usize);
+    for name in orig
+        .names()
+        .filter(|n| quant.view(&format!("{n}.absmax")).is_ok())
+    {
+        let (view, path) = orig.view(name)?;
+        let reference = read_f32(&view, path, name)?;
+        let prefix = name.strip_suffix(".weight").unwrap_or(name);
+        let q = {
+            let file = quant
+                .file_of(name)
+                .context("quantized tensor without a file")?;
+            crate::io::bnb::read_quantized_from(&file.tensors()?, prefix, file.path())?
+        };
+        for (a, b) in q.dequantize().iter().zip(&reference) {
+            sq_err += f64::from(a - b).powi(2);
+            sq_ref += f64::from(*b).powi(2);
+        }
+        count += 1;
+    }
+    println!(
+        "quantized {count} linear weights to {} (blocksize {}, double quant {}): relative RMS error {:.4}",
+        cfg.format.name(),
+        cfg.blocksize,
+        cfg.double_quant,
+        (sq_err / sq_ref.max(f64::MIN_POSITIVE)).sqrt()
+    );
+    println!("bnb 4-bit model written to {}", output.display());
+    Ok(())
+}
+
+/// Quantizes `input` (file or model directory) into `output`, printing a one-line summary.
+fn quantize(input: &Path, output: &Path, cfg: QuantConfig) -> Result<()> {
+    write_quantized(input, output, cfg)?;
+    println!(
+        "{} ({}) -> {} ({})",
+        input.display(),
+        human_bytes(disk_size(input)),
+        output.display(),
+        human_bytes(disk_size(output))
+    );
+    Ok(())
+}
+
+/// Writes the quantized form of `input` to `output`, atomically.
+fn write_quantized(input: &Path, output: &Path, cfg: QuantConfig) -> Result<()> {
     let meta = std::fs::metadata(input)
         .with_context(|| format!("{}: cannot read input", input.display()))?;
     if same_path(input, output) {
@@ -240,4 +312,30 @@ fn same_path(a: &Path, b: &Path) -> bool {
         })
     };
     matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Bytes of a file, or of the regular files directly inside a directory.
+fn disk_size(path: &Path) -> u64 {
+    if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    let mb = n as f64 / (1024.0 * 1024.0);
+    if mb >= 1.0 {
+        format!("{mb:.1} MiB")
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
 }

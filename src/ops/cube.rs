@@ -193,7 +193,7 @@ impl QuantBackend for CubeBackend {
                 if m == 0 {
                     return y;
                 }
-                let tm = shaders::FUSED_TM;
+                let tm = shaders::fused_tm(m);
                 let (gx, gy) = grid_2d(n.div_ceil(8));
                 let [p, q, s, t] = w.buffers();
                 launch(
@@ -239,7 +239,7 @@ impl QuantBackend for CubeBackend {
                 if m == 0 {
                     return dx;
                 }
-                let tm = shaders::FUSED_TM;
+                let tm = shaders::fused_tm(m);
                 let (gx, gy) = grid_2d(k.div_ceil(64));
                 let [p, q, s, t] = w.buffers();
                 launch(

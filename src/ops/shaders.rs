@@ -12,8 +12,14 @@ const LORA: &str = include_str!("../../shaders/lora.wgsl");
 
 /// Invocations per workgroup of the dequantization kernel.
 pub const DEQUANT_WG: u32 = 256;
-/// Rows of X handled per workgroup by the fused kernels (the grid's z covers the rest).
-pub const FUSED_TM: u32 = 8;
+/// Row-tile sizes the fused kernels are specialized for.
+pub const FUSED_TILES: [u32; 2] = [1, 8];
+
+/// Rows of X handled per workgroup by the fused kernels (the grid's z covers the rest): one
+/// for a single row (token generation), else eight.
+pub fn fused_tm(rows: usize) -> u32 {
+    if rows == 1 { 1 } else { 8 }
+}
 /// Nested block size of double quantization (bitsandbytes uses 256).
 pub const NESTED_BLOCKSIZE: u32 = 256;
 
@@ -99,14 +105,10 @@ impl Shader {
                 nested: NESTED_BLOCKSIZE,
             };
             all.push(Shader::Dequant(stats));
-            all.push(Shader::Qmatmul {
-                stats,
-                tm: FUSED_TM,
-            });
-            all.push(Shader::QmatmulT {
-                stats,
-                tm: FUSED_TM,
-            });
+            for tm in FUSED_TILES {
+                all.push(Shader::Qmatmul { stats, tm });
+                all.push(Shader::QmatmulT { stats, tm });
+            }
         }
         for tm in LORA_TILES {
             for tn in LORA_TILES {
