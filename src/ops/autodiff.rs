@@ -19,34 +19,62 @@ use burn::backend::{
 use super::backend::QuantBackend;
 use super::layout::{MatmulStrategy, QLayout};
 
-/// What the backward of `qmatmul` keeps: the packed weight, its statistics and layout.
+/// What the backward of `qmatmul` / `qmatmul_t` keeps: the packed weight, its statistics and
+/// layout, and whether the forward was the transposed product.
 type PackedState<B> = (
     IntTensor<B>,
     IntTensor<B>,
     FloatTensor<B>,
     FloatTensor<B>,
     QLayout,
+    bool,
 );
 
+/// Backward of the products with the frozen weight. Both are linear in their input with the
+/// same W, so each one's gradient is the other: d(X W^T) -> dY W, d(dY W) -> dX W^T.
 #[derive(Debug)]
-struct QMatmulBackward;
+struct PackedLinearBackward;
 
-impl<B: QuantBackend> Backward<B, 1> for QMatmulBackward {
+impl<B: QuantBackend> Backward<B, 1> for PackedLinearBackward {
     type State = PackedState<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (packed, absmax_q, scales, tables, layout) = ops.state;
+        let (packed, absmax_q, scales, tables, layout, transposed) = ops.state;
+        let strategy = MatmulStrategy::Auto;
         unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::qmatmul_t(
-                grad,
-                packed,
-                absmax_q,
-                scales,
-                tables,
-                layout,
-                MatmulStrategy::Auto,
-            )
+            if transposed {
+                B::qmatmul(grad, packed, absmax_q, scales, tables, layout, strategy)
+            } else {
+                B::qmatmul_t(grad, packed, absmax_q, scales, tables, layout, strategy)
+            }
         });
+    }
+}
+
+/// Records `X W^T` (or `dY W` when `transposed`) with the packed weight as backward state.
+fn packed_linear<B: QuantBackend, C: CheckpointStrategy>(
+    input: FloatTensor<Autodiff<B, C>>,
+    state: PackedState<B>,
+    strategy: MatmulStrategy,
+) -> FloatTensor<Autodiff<B, C>> {
+    let forward =
+        |input, (packed, absmax_q, scales, tables, layout, transposed): PackedState<B>| {
+            if transposed {
+                B::qmatmul_t(input, packed, absmax_q, scales, tables, layout, strategy)
+            } else {
+                B::qmatmul(input, packed, absmax_q, scales, tables, layout, strategy)
+            }
+        };
+    match PackedLinearBackward
+        .prepare::<C>([input.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let out = forward(input.into_primitive(), state.clone());
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(input.into_primitive(), state)),
     }
 }
 
@@ -101,42 +129,15 @@ impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
         layout: QLayout,
         strategy: MatmulStrategy,
     ) -> FloatTensor<Self> {
-        let scales = scales.into_primitive();
-        let tables = tables.into_primitive();
-        match QMatmulBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let state = (
-                    packed.clone(),
-                    absmax_q.clone(),
-                    scales.clone(),
-                    tables.clone(),
-                    layout,
-                );
-                let y = B::qmatmul(
-                    x.into_primitive(),
-                    packed,
-                    absmax_q,
-                    scales,
-                    tables,
-                    layout,
-                    strategy,
-                );
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::qmatmul(
-                x.into_primitive(),
-                packed,
-                absmax_q,
-                scales,
-                tables,
-                layout,
-                strategy,
-            )),
-        }
+        let state = (
+            packed,
+            absmax_q,
+            scales.into_primitive(),
+            tables.into_primitive(),
+            layout,
+            false,
+        );
+        packed_linear::<B, C>(x, state, strategy)
     }
 
     fn qmatmul_t(
@@ -148,70 +149,15 @@ impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
         layout: QLayout,
         strategy: MatmulStrategy,
     ) -> FloatTensor<Self> {
-        // `dY * W` is linear in dY with the same weight: its backward is `qmatmul` itself.
-        #[derive(Debug)]
-        struct QMatmulTBackward;
-
-        impl<B: QuantBackend> Backward<B, 1> for QMatmulTBackward {
-            type State = PackedState<B>;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let (packed, absmax_q, scales, tables, layout) = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::qmatmul(
-                        grad,
-                        packed,
-                        absmax_q,
-                        scales,
-                        tables,
-                        layout,
-                        MatmulStrategy::Auto,
-                    )
-                });
-            }
-        }
-
-        let scales = scales.into_primitive();
-        let tables = tables.into_primitive();
-        match QMatmulTBackward
-            .prepare::<C>([dy.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let state = (
-                    packed.clone(),
-                    absmax_q.clone(),
-                    scales.clone(),
-                    tables.clone(),
-                    layout,
-                );
-                let dx = B::qmatmul_t(
-                    dy.into_primitive(),
-                    packed,
-                    absmax_q,
-                    scales,
-                    tables,
-                    layout,
-                    strategy,
-                );
-                prep.finish(state, dx)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::qmatmul_t(
-                dy.into_primitive(),
-                packed,
-                absmax_q,
-                scales,
-                tables,
-                layout,
-                strategy,
-            )),
-        }
+        let state = (
+            packed,
+            absmax_q,
+            scales.into_primitive(),
+            tables.into_primitive(),
+            layout,
+            true,
+        );
+        packed_linear::<B, C>(dy, state, strategy)
     }
 
     fn dequantize_4bit(

@@ -155,9 +155,59 @@ fn dequantize_weight(w: &Weight, layout: &QLayout) -> CubeTensor {
     out
 }
 
-/// Rows of a `[.., last]` tensor.
-fn rows(shape: &Shape, last: usize) -> usize {
-    shape.num_elements() / last.max(1)
+/// `X W^T` (or `dY W` when `transposed`) over the last dimension of `input`, by the fused
+/// kernel or by dequantizing then burn's matmul, as `strategy` and the row count decide.
+fn linear(
+    input: CubeTensor,
+    w: Weight,
+    layout: &QLayout,
+    strategy: MatmulStrategy,
+    transposed: bool,
+) -> CubeTensor {
+    ensure_f32(&input, "4-bit matmul input");
+    let input = into_contiguous(input);
+    let shape = input.meta.shape().clone();
+    let (k, n) = (layout.in_features, layout.out_features);
+    // Y[m, n] = sum_k X[m, k] W[n, k]  or  dX[m, k] = sum_n dY[m, n] W[n, k].
+    let (inner, outer) = if transposed { (n, k) } else { (k, n) };
+    assert_eq!(
+        shape[shape.num_dims() - 1],
+        inner,
+        "4-bit matmul input's last dimension must be {inner} for layout {layout:?}"
+    );
+    let m = shape.num_elements() / inner.max(1);
+    let mut out_dims = shape.to_vec();
+    *out_dims.last_mut().expect("at least one dimension") = outer;
+    let out_shape = Shape::from(out_dims);
+    if dispatch::resolve(strategy, m, transposed) == MatmulStrategy::DequantMatmul {
+        let wd = dequantize_weight(&w, layout);
+        let rhs = if transposed {
+            wd
+        } else {
+            CubeBackend::float_transpose(wd)
+        };
+        let lhs = CubeBackend::float_reshape(input, Shape::from(vec![m, inner]));
+        return CubeBackend::float_reshape(CubeBackend::float_matmul(lhs, rhs), out_shape);
+    }
+    let out = empty_f32(&input, out_shape);
+    if m == 0 {
+        return out;
+    }
+    let tm = shaders::fused_tm(m);
+    let (shader, columns_per_group) = if transposed {
+        (Shader::QmatmulT { stats: w.stats, tm }, 64)
+    } else {
+        (Shader::Qmatmul { stats: w.stats, tm }, 8)
+    };
+    let (gx, gy) = grid_2d(outer.div_ceil(columns_per_group));
+    let [p, q, s, t] = w.buffers();
+    launch(
+        shader,
+        (gx, gy, m.div_ceil(tm as usize) as u32),
+        &[p, q, s, t, &input, &out],
+        &[m as u32, n as u32, k as u32, layout.blocksize as u32, gx],
+    );
+    out
 }
 
 impl QuantBackend for CubeBackend {
@@ -171,40 +221,7 @@ impl QuantBackend for CubeBackend {
         strategy: MatmulStrategy,
     ) -> FloatTensor<Self> {
         let w = Weight::new(packed, absmax_q, scales, tables, &layout);
-        ensure_f32(&x, "qmatmul input");
-        let x = into_contiguous(x);
-        let shape = x.meta.shape().clone();
-        let (k, n) = (layout.in_features, layout.out_features);
-        assert_eq!(
-            shape[shape.num_dims() - 1],
-            k,
-            "qmatmul input's last dimension must equal in_features"
-        );
-        let m = rows(&shape, k);
-        let out_shape = super::layout::qmatmul_shape(&shape, &layout);
-        match dispatch::resolve(strategy, m, false) {
-            MatmulStrategy::DequantMatmul => {
-                let wt = Self::float_transpose(dequantize_weight(&w, &layout));
-                let x2 = Self::float_reshape(x, Shape::from(vec![m, k]));
-                Self::float_reshape(Self::float_matmul(x2, wt), out_shape)
-            }
-            _ => {
-                let y = empty_f32(&x, out_shape);
-                if m == 0 {
-                    return y;
-                }
-                let tm = shaders::fused_tm(m);
-                let (gx, gy) = grid_2d(n.div_ceil(8));
-                let [p, q, s, t] = w.buffers();
-                launch(
-                    Shader::Qmatmul { stats: w.stats, tm },
-                    (gx, gy, m.div_ceil(tm as usize) as u32),
-                    &[p, q, s, t, &x, &y],
-                    &[m as u32, n as u32, k as u32, layout.blocksize as u32, gx],
-                );
-                y
-            }
-        }
+        linear(x, w, &layout, strategy, false)
     }
 
     fn qmatmul_t(
@@ -217,40 +234,7 @@ impl QuantBackend for CubeBackend {
         strategy: MatmulStrategy,
     ) -> FloatTensor<Self> {
         let w = Weight::new(packed, absmax_q, scales, tables, &layout);
-        ensure_f32(&dy, "qmatmul_t input");
-        let dy = into_contiguous(dy);
-        let shape = dy.meta.shape().clone();
-        let (k, n) = (layout.in_features, layout.out_features);
-        assert_eq!(
-            shape[shape.num_dims() - 1],
-            n,
-            "qmatmul_t input's last dimension must equal out_features"
-        );
-        let m = rows(&shape, n);
-        let out_shape = super::layout::qmatmul_t_shape(&shape, &layout);
-        match dispatch::resolve(strategy, m, true) {
-            MatmulStrategy::DequantMatmul => {
-                let wd = dequantize_weight(&w, &layout);
-                let dy2 = Self::float_reshape(dy, Shape::from(vec![m, n]));
-                Self::float_reshape(Self::float_matmul(dy2, wd), out_shape)
-            }
-            _ => {
-                let dx = empty_f32(&dy, out_shape);
-                if m == 0 {
-                    return dx;
-                }
-                let tm = shaders::fused_tm(m);
-                let (gx, gy) = grid_2d(k.div_ceil(64));
-                let [p, q, s, t] = w.buffers();
-                launch(
-                    Shader::QmatmulT { stats: w.stats, tm },
-                    (gx, gy, m.div_ceil(tm as usize) as u32),
-                    &[p, q, s, t, &dy, &dx],
-                    &[m as u32, n as u32, k as u32, layout.blocksize as u32, gx],
-                );
-                dx
-            }
-        }
+        linear(dy, w, &layout, strategy, true)
     }
 
     fn dequantize_4bit(
