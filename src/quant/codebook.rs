@@ -7,6 +7,9 @@
 //! * [`dynamic_map_signed`]: the 256-entry signed dynamic 8-bit map
 //!   `bitsandbytes.functional.create_dynamic_map(signed=True)` used for double quantization.
 //!
+//! The 8-bit code of the double-quantized absmax is bitsandbytes' CPU lookup-table rule
+//! ([`quantize_dynamic_cpu`]).
+//!
 //! The 4-bit nearest-code functions are the decision trees of bitsandbytes' CUDA kernels
 //! (`dQuantizeNF4` / `dQuantizeFP4` in `csrc/kernels.cu`): `x` is compared with `f32` thresholds that
 //! lie between neighbouring levels, with `>` so that a tie goes to the lower code, and a NaN (a block
@@ -154,6 +157,9 @@ fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
 /// Nearest entry of the sorted 256-entry `map` to `x` (a value in [-1, 1]), exactly as
 /// bitsandbytes' CUDA `dQuantize<0>`: a 7-step binary search from pivot 127, then the midpoint of the
 /// final bracket decides (`>` to go up, `<` to go down, so a tie stays on the pivot).
+///
+/// Double quantization does not use this: the fixtures come from bnb's CPU kernel, whose rule is
+/// [`quantize_dynamic_cpu`].
 pub fn nearest_dynamic(map: &[f32; 256], x: f32) -> u8 {
     let mut pivot = 127usize;
     let mut upper_pivot = 255usize;
@@ -196,6 +202,58 @@ pub fn nearest_dynamic(map: &[f32; 256], x: f32) -> u8 {
     chosen as u8
 }
 
+/// Number of bins of bitsandbytes' CPU quantization lookup table (`kLUTSize` in `csrc/cpu_ops.cpp`).
+const CPU_LUT_SIZE: usize = 65536;
+
+/// bitsandbytes' CPU lookup table for 8-bit blockwise quantization against a sorted 256-entry
+/// `map` (`build_quantize_lut` in `csrc/cpu_ops.cpp`): bin `i` holds value
+/// `v_i = -1 + (2·i) / 65535` (f32: exact product, one rounded division, one rounded sum) and the
+/// code `c` is the number of midpoints `0.5 · (map[j] + map[j+1])` (f32) that are `< v_i`.
+fn build_cpu_lut(map: &[f32; 256]) -> Vec<u8> {
+    let mid: Vec<f32> = map.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+    let denom = (CPU_LUT_SIZE - 1) as f32;
+    let mut lut = Vec::with_capacity(CPU_LUT_SIZE);
+    let mut code = 0usize;
+    for i in 0..CPU_LUT_SIZE {
+        let v = -1.0f32 + (2.0f32 * i as f32) / denom;
+        while code < mid.len() && mid[code] < v {
+            code += 1;
+        }
+        // invariant: code <= 255.
+        lut.push(code as u8);
+    }
+    lut
+}
+
+/// LUT bin of a scaled value, bitsandbytes' `norm_to_lut_index`: `x` is clamped to [-1, 1] and
+/// `(x + 1) · 0.5 · 65535 + 0.5` is truncated to `u16`. The library is built by GCC with
+/// `-ffp-contract=fast` under `#pragma GCC target("avx2,fma")`, so the last multiply-add is one fused
+/// multiply-add (`(x + 1) · 0.5` is exact).
+#[inline]
+fn cpu_lut_index(x: f32) -> usize {
+    let x = if x < -1.0 {
+        -1.0
+    } else if 1.0 < x {
+        1.0
+    } else {
+        x
+    };
+    let t = (x + 1.0) * 0.5;
+    // `as u16` truncates toward zero (and maps NaN to 0, like `cvttss2si` on x86).
+    t.mul_add((CPU_LUT_SIZE - 1) as f32, 0.5) as u16 as usize
+}
+
+/// 8-bit code of `x` (a value already multiplied by `1 / absmax`) against the signed dynamic map
+/// ([`dynamic_map_signed`]), exactly as bitsandbytes' CPU `quantize_blockwise` for float32
+/// (`quantize_cpu_impl` in `csrc/cpu_ops.cpp`, bitsandbytes 0.50, commit f82277b8 "Improve CPU
+/// performance on x64 and arm64", unchanged through 0.50.2.dev0): not the nearest entry, but a
+/// 65536-bin lookup table over [-1, 1] ([`build_cpu_lut`] / [`cpu_lut_index`]), so values within
+/// about 1.5e-5 of a midpoint can land on the neighbouring code.
+pub fn quantize_dynamic_cpu(x: f32) -> u8 {
+    static LUT: OnceLock<Vec<u8>> = OnceLock::new();
+    LUT.get_or_init(|| build_cpu_lut(dynamic_map_signed()))[cpu_lut_index(x)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +283,36 @@ mod tests {
         assert_eq!(m[127], 0.0);
         for (i, &v) in m.iter().enumerate() {
             assert_eq!(nearest_dynamic(m, v) as usize, i, "entry {v}");
+        }
+    }
+
+    #[test]
+    fn cpu_lut_rule() {
+        let m = dynamic_map_signed();
+        // Clamped ends, and NaN to bin 0 like the C++ cast.
+        assert_eq!(quantize_dynamic_cpu(1.0), 255);
+        assert_eq!(quantize_dynamic_cpu(7.0), 255);
+        assert_eq!(quantize_dynamic_cpu(-1.0), 0);
+        assert_eq!(quantize_dynamic_cpu(-7.0), 0);
+        assert_eq!(quantize_dynamic_cpu(f32::NAN), 0);
+        // Entries at least 2 LUT bins from both neighbours' midpoints decode to themselves.
+        let bin = 2.0 / 65535.0;
+        for i in 1..255 {
+            let (lo, hi) = ((m[i - 1] + m[i]) / 2.0, (m[i] + m[i + 1]) / 2.0);
+            if m[i] - lo > 2.0 * bin && hi - m[i] > 2.0 * bin {
+                assert_eq!(quantize_dynamic_cpu(m[i]) as usize, i, "entry {}", m[i]);
+            }
+        }
+        // 0.0 lands in bin 32768 (value 1/65535 > 0), above the map's 0 entry (127): the
+        // tiny positive entries below 1.5e-5 are unreachable.
+        assert!(quantize_dynamic_cpu(0.0) > 127);
+        assert_eq!(quantize_dynamic_cpu(0.0), quantize_dynamic_cpu(1e-6));
+        // Monotone over a fine sweep.
+        let mut prev = 0u8;
+        for k in 0..=400_000 {
+            let c = quantize_dynamic_cpu(-1.0 + k as f32 * 5e-6);
+            assert!(c >= prev);
+            prev = c;
         }
     }
 }

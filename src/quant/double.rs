@@ -6,13 +6,14 @@
 //! * `offset = mean(a)` in f32, summed exactly as torch does on an AVX2 CPU ([`torch_mean_f32`];
 //!   this reproduces every `offset` in the bitsandbytes fixtures bit for bit);
 //! * `c_i = a_i - offset` (f32), cut into nested blocks of [`NESTED_BLOCKSIZE`] = 256;
-//! * `nested_absmax_j = max |c_i|` over nested block `j`, `q_i = nearest(m, c_i · (1 / nested_absmax_j))`
-//!   (bitsandbytes' 8-bit `quantize_blockwise`);
+//! * `nested_absmax_j = max |c_i|` over nested block `j`, `q_i = lut(c_i · (1 / nested_absmax_j))`
+//!   (bitsandbytes' 8-bit `quantize_blockwise` on the CPU: a 65536-bin lookup table, not the exact
+//!   nearest entry, see [`quantize_dynamic_cpu`]; an all-zero nested block gets code 0);
 //! * decoding: `a_i ≈ m[q_i] · nested_absmax_{i/256} + offset` (two f32 roundings, in that order).
 
 use super::BlockStats;
-use super::blockwise::{block_absmax, reciprocal_scale};
-use super::codebook::{dynamic_map_signed, nearest_dynamic};
+use super::blockwise::block_absmax;
+use super::codebook::{dynamic_map_signed, quantize_dynamic_cpu};
 
 /// Block size of the nested 8-bit quantization, fixed by bitsandbytes.
 pub const NESTED_BLOCKSIZE: usize = 256;
@@ -25,8 +26,13 @@ pub fn compress(absmax: &[f32]) -> BlockStats {
     let nested_absmax = block_absmax(&centered, NESTED_BLOCKSIZE);
     let mut absmax_q = Vec::with_capacity(centered.len());
     for (block, &amax) in centered.chunks(NESTED_BLOCKSIZE).zip(&nested_absmax) {
-        let inv = reciprocal_scale(amax);
-        absmax_q.extend(block.iter().map(|&c| nearest_dynamic(map, c * inv)));
+        if amax == 0.0 {
+            // bnb's CPU kernel writes code 0 for an all-zero block.
+            absmax_q.extend(std::iter::repeat_n(0u8, block.len()));
+            continue;
+        }
+        let inv = 1.0 / amax;
+        absmax_q.extend(block.iter().map(|&c| quantize_dynamic_cpu(c * inv)));
     }
     BlockStats::Double {
         absmax_q,

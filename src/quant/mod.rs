@@ -13,7 +13,9 @@ pub mod double;
 pub mod nf4;
 pub mod tensor;
 
-pub use codebook::{FP4, NF4, dynamic_map_signed, nearest_dynamic, nearest_fp4, nearest_nf4};
+pub use codebook::{
+    FP4, NF4, dynamic_map_signed, nearest_dynamic, nearest_fp4, nearest_nf4, quantize_dynamic_cpu,
+};
 pub use tensor::{BlockStats, QuantizedTensor};
 
 use std::str::FromStr;
