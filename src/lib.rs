@@ -5,6 +5,8 @@
 //! runs the quantized and LoRA products on the device (WGSL on wgpu, plain burn ops elsewhere).
 
 pub mod cli;
+pub mod data;
 pub mod io;
+pub mod model;
 pub mod ops;
 pub mod quant;

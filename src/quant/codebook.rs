@@ -231,14 +231,8 @@ fn build_cpu_lut(map: &[f32; 256]) -> Vec<u8> {
 /// multiply-add (`(x + 1) · 0.5` is exact).
 #[inline]
 fn cpu_lut_index(x: f32) -> usize {
-    let x = if x < -1.0 {
-        -1.0
-    } else if 1.0 < x {
-        1.0
-    } else {
-        x
-    };
-    let t = (x + 1.0) * 0.5;
+    // NaN stays NaN, as in the C comparisons.
+    let t = (x.clamp(-1.0, 1.0) + 1.0) * 0.5;
     // `as u16` truncates toward zero (and maps NaN to 0, like `cvttss2si` on x86).
     t.mul_add((CPU_LUT_SIZE - 1) as f32, 0.5) as u16 as usize
 }

@@ -1,0 +1,6 @@
+//! Training data: tokenization ([`tokenizer`]: `tokenizer.json` or GGUF metadata), chat templates
+//! ([`template`]: the model's own `chat_template` rendered with minijinja, or a preset) and the
+//! assistant spans that become loss masks.
+
+pub mod template;
+pub mod tokenizer;

@@ -1,0 +1,122 @@
+//! The decoder stack: `LlamaForCausalLM` of transformers
+//! (<https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py>).
+//!
+//! `h₀ = E[ids]`; per layer `h ← h + attn(norm₁(h))`, `h ← h + mlp(norm₂(h))`; then
+//! `logits = norm(h)·Wᵀ` with `W` = `lm_head.weight`, or `E` when `tie_word_embeddings`.
+
+use burn::module::Module;
+use burn::tensor::module::embedding;
+use burn::tensor::{Bool, Int, Tensor};
+
+use super::attention::{Attention, KvCache, LayerKv, causal_mask};
+use super::config::LlamaConfig;
+use super::mlp::Mlp;
+use super::norm::RmsNorm;
+use super::rope::RotaryEmbedding;
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// `norm₁`
+    pub input_layernorm: RmsNorm,
+    /// Grouped-query self-attention.
+    pub self_attn: Attention,
+    /// `norm₂`
+    pub post_attention_layernorm: RmsNorm,
+    /// SwiGLU MLP.
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// `h + attn(norm₁(h))`, then `+ mlp(norm₂(·))`.
+    ///
+    /// # Shapes
+    /// `x: [b, s, hidden]`, `cos`, `sin`: `[s, d]`, `mask`: `[s, t]` -> `[b, s, hidden]`.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        mask: Option<&Tensor<2, Bool>>,
+        cache: Option<&mut Option<LayerKv>>,
+    ) -> Tensor<3> {
+        let attn = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            cos,
+            sin,
+            mask,
+            cache,
+        );
+        let x = x + attn;
+        let mlp = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()));
+        x + mlp
+    }
+}
+
+/// A LLaMA-family causal language model with frozen base weights.
+///
+/// Trainable parameters are only the adapters attached to its [`super::QLinear`]s; embedding,
+/// norms and LM head are plain (frozen) tensors.
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// `[v, hidden]` token embeddings `E` (`model.embed_tokens.weight`).
+    pub embed_tokens: Tensor<2>,
+    /// `model.layers.*`
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm (`model.norm`).
+    pub norm: RmsNorm,
+    /// `[v, hidden]` `lm_head.weight`; `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Tensor<2>>,
+    /// The config the model was built from.
+    #[module(skip)]
+    pub config: LlamaConfig,
+    /// RoPE frequencies.
+    #[module(skip)]
+    pub rope: RotaryEmbedding,
+}
+
+impl Llama {
+    /// Next-token logits for `input_ids`. Without a cache the tokens sit at positions `0..s`;
+    /// with one they follow the cached tokens, and their keys/values are appended to it.
+    ///
+    /// # Shapes
+    /// `input_ids: [b, s]` -> `[b, s, v]`.
+    pub fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let mut cache = cache;
+        let [b, s] = input_ids.dims();
+        let device = self.embed_tokens.device();
+        let offset = cache.as_ref().map_or(0, |c| c.offset);
+        let (cos, sin) = self.rope.cos_sin(offset, s, &device); // [s, d] each
+        // A single new token sees every cached one unless a sliding window cuts in.
+        let window_bites = self.config.sliding_window.is_some_and(|w| w < offset + s);
+        let mask = (s > 1 || window_bites)
+            .then(|| causal_mask(s, offset, self.config.sliding_window, &device)); // [s, t]
+
+        if let Some(c) = cache.as_deref_mut()
+            && c.layers.len() < self.layers.len()
+        {
+            c.layers.resize(self.layers.len(), None);
+        }
+        let mut h = embedding(self.embed_tokens.clone(), input_ids); // [b, s, hidden]
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            h = layer.forward(h, &cos, &sin, mask.as_ref(), slot);
+        }
+        if let Some(c) = cache {
+            c.offset += s;
+        }
+        let h = self.norm.forward(h); // [b, s, hidden]
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens); // [v, hidden]
+        let [v, hidden] = w.dims();
+        h.reshape([b * s, hidden]) // [b·s, hidden]
+            .matmul(w.clone().transpose()) // [b·s, v]
+            .reshape([b, s, v]) // [b, s, v]
+    }
+
+    /// An empty KV cache sized for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+}
