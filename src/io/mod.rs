@@ -1,8 +1,11 @@
 //! Reading and writing checkpoints: safetensors files and sharded directories
 //! ([`safetensors`]), bitsandbytes' 4-bit key layout on top of them ([`bnb`]), and Python-exact
-//! JSON text for the files transformers reads ([`pyjson`]).
+//! JSON text for the files transformers reads ([`pyjson`]);
+//! GGUF files and their block decoders ([`gguf`]); the default model's cache ([`model_cache`]).
 
 pub mod bnb;
+pub mod gguf;
+pub mod model_cache;
 pub mod pyjson;
 pub mod safetensors;
 
@@ -82,6 +85,43 @@ pub enum IoError {
         /// Why.
         source: crate::quant::QuantError,
     },
+    /// Bytes that are not a valid GGUF file: bad magic or version, truncated header, metadata or
+    /// tensor data, bad UTF-8, unknown value type, out-of-range offset...
+    #[error("{path}: not a valid GGUF file: {reason}")]
+    NotGguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the byte offset where there is one.
+        reason: String,
+    },
+    /// A GGUF tensor stored in a ggml type that is unknown or that wgtune does not decode.
+    #[error(
+        "{path}: tensor {name:?} has ggml type {type_name} (id {type_id}), which wgtune cannot \
+         decode (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)"
+    )]
+    GgmlType {
+        /// The file.
+        path: PathBuf,
+        /// The GGUF tensor name.
+        name: String,
+        /// The raw type id.
+        type_id: u32,
+        /// ggml's name for it, or "unknown".
+        type_name: String,
+    },
+    /// A GGUF metadata key that is missing, of the wrong type, or out of range.
+    #[error("{path}: GGUF metadata {key:?}: {reason}")]
+    GgufMetadata {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The default model is not cached and could not be fetched.
+    #[error("cannot get the default model: {0}")]
+    DefaultModel(String),
 }
 
 /// Alias following the crate's `module::Error` convention.
