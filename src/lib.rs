@@ -6,7 +6,11 @@
 
 pub mod cli;
 pub mod data;
+pub mod device;
+pub mod eval;
+pub mod generate;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod pretrained;
 pub mod quant;

@@ -16,12 +16,24 @@ struct Cli {
 enum Command {
     /// Quantize a safetensors checkpoint to bitsandbytes NF4/FP4 (loadable by transformers).
     Quantize(wgtune::cli::quantize::QuantizeArgs),
+    /// Mean next-token loss and perplexity of a model over a JSONL dataset.
+    Eval(wgtune::cli::eval::EvalArgs),
+    /// Continue a prompt, streaming the tokens as they are generated.
+    Generate(wgtune::cli::generate::GenerateArgs),
+    /// Chat with a model in the terminal.
+    Chat(wgtune::cli::chat::ChatArgs),
+    /// wgpu adapters of this machine, and a model's size and memory needs.
+    Info(wgtune::cli::info::InfoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
         Command::Quantize(args) => wgtune::cli::quantize::run(args),
+        Command::Eval(args) => wgtune::cli::eval::run(args),
+        Command::Generate(args) => wgtune::cli::generate::run(args),
+        Command::Chat(args) => wgtune::cli::chat::run(args),
+        Command::Info(args) => wgtune::cli::info::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,10 +19,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::model_args::QuantArgs;
 use crate::io::bnb::write_entries;
 use crate::io::safetensors::{INDEX_FILE, SINGLE_FILE, is_float};
 use crate::io::{Checkpoint, OwnedTensor, pyjson, read_f32, write_safetensors};
-use crate::quant::{QuantConfig, QuantFormat, QuantizedTensor};
+use crate::quant::{QuantConfig, QuantizedTensor};
 
 /// Arguments of `wgtune quantize`.
 #[derive(Clone, Debug, clap::Args)]
@@ -33,24 +34,17 @@ pub struct QuantizeArgs {
     pub input: Option<PathBuf>,
     /// Output: a .safetensors file (for a file input) or a directory (for a directory input).
     pub output: Option<PathBuf>,
-    /// 4-bit data type.
-    #[arg(long = "quant", default_value = "nf4")]
-    pub quant: QuantFormat,
-    /// Quantize the block scales to 8 bits as well (QLoRA double quantization).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub double_quant: bool,
-    /// Elements per scale block: a power of two from 32 to 4096.
-    #[arg(long, default_value_t = 64)]
-    pub blocksize: usize,
+    /// `--quant nf4|fp4` (`none` is refused here), `--double-quant`, `--blocksize`.
+    #[command(flatten)]
+    pub quant: QuantArgs,
 }
 
 impl QuantizeArgs {
     /// The quantization settings these arguments ask for.
-    pub fn config(&self) -> QuantConfig {
-        QuantConfig {
-            format: self.quant,
-            blocksize: self.blocksize,
-            double_quant: self.double_quant,
+    pub fn config(&self) -> Result<QuantConfig> {
+        match self.quant.config()? {
+            Some(cfg) => Ok(cfg),
+            None => bail!("--quant none: quantize writes 4-bit weights (nf4 or fp4)"),
         }
     }
 }
@@ -66,8 +60,7 @@ pub fn should_quantize(name: &str, shape: &[usize]) -> bool {
 
 /// Runs `wgtune quantize`.
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    let cfg = args.config();
-    cfg.validate()?;
+    let cfg = args.config()?;
     match (&args.input, &args.output) {
         (Some(input), Some(output)) => quantize(input, output, cfg),
         _ => run_example(cfg),

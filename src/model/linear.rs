@@ -21,18 +21,42 @@ use crate::ops::{self, QWeight};
 pub enum FrozenWeight {
     /// Packed 4-bit (NF4/FP4) weight; products through [`ops::qmatmul`].
     Quantized(QWeight),
-    /// Plain f32 weight (`--quant none`); a tensor that never requires a gradient.
+    /// Plain f32 weight (`--quant none`), stored transposed as a contiguous `Wᵀ: [in, out]` so
+    /// `x·Wᵀ` is a plain matmul (a transposed view made ndarray's matmul ~5x slower); a tensor
+    /// that never requires a gradient. Build it with [`FrozenWeight::float`].
     Float(Tensor<2>),
 }
 
 impl FrozenWeight {
+    /// A float weight from row-major `W: [out, in]` values.
+    pub fn float(values: &[f32], [out, inp]: [usize; 2], device: &burn::tensor::Device) -> Self {
+        FrozenWeight::Float(Tensor::from_data(
+            burn::tensor::TensorData::new(transpose(values, out, inp), [inp, out]),
+            device,
+        ))
+    }
+
     /// `[out_features, in_features]`.
     pub fn dims(&self) -> [usize; 2] {
         match self {
             FrozenWeight::Quantized(w) => [w.layout().out_features, w.layout().in_features],
-            FrozenWeight::Float(w) => w.dims(),
+            FrozenWeight::Float(wt) => {
+                let [inp, out] = wt.dims();
+                [out, inp]
+            }
         }
     }
+}
+
+/// Row-major `[rows, cols]` values -> row-major `[cols, rows]`.
+pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    for (r, row) in values.chunks(cols.max(1)).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
 }
 
 /// A LoRA adapter: `s·(x·Aᵀ)·Bᵀ`.
@@ -96,11 +120,11 @@ impl QLinear {
     pub fn forward_frozen<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.weight {
             FrozenWeight::Quantized(w) => ops::qmatmul(x, w),
-            FrozenWeight::Float(w) => {
+            FrozenWeight::Float(wt) => {
                 let dims = x.dims();
-                let [out, k] = w.dims();
+                let [k, out] = wt.dims();
                 let rows = dims.iter().product::<usize>() / k.max(1);
-                let y = x.reshape([rows, k]).matmul(w.clone().transpose()); // [rows, out]
+                let y = x.reshape([rows, k]).matmul(wt.clone()); // [rows, out]
                 let mut shape = dims;
                 shape[D - 1] = out;
                 y.reshape(shape) // [.., out]
@@ -139,7 +163,7 @@ mod tests {
         let deq = q.dequantize();
         let x = Tensor::<3>::from_data(TensorData::new(vals(2 * 3 * inp, 5), [2, 3, inp]), &device);
         let lq = QLinear::new(FrozenWeight::Quantized(QWeight::upload(&q, &device)));
-        let lf = QLinear::new(FrozenWeight::Float(t2(deq, [out, inp], &device)));
+        let lf = QLinear::new(FrozenWeight::float(&deq, [out, inp], &device));
         let (a, b) = (lq.forward(x.clone()), lf.forward(x));
         assert_eq!(a.dims(), [2, 3, out]);
         let diff = (a - b).abs().max().into_scalar::<f32>();

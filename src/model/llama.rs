@@ -67,8 +67,8 @@ pub struct Llama {
     pub layers: Vec<DecoderLayer>,
     /// Final norm (`model.norm`).
     pub norm: RmsNorm,
-    /// `[v, hidden]` `lm_head.weight`; `None` when tied to `embed_tokens`.
-    pub lm_head: Option<Tensor<2>>,
+    /// `[hidden, v]` LM head, transposed: `lm_head.weight`ᵀ, or `embed_tokens`ᵀ when tied.
+    pub lm_head_t: Tensor<2>,
     /// The config the model was built from.
     #[module(skip)]
     pub config: LlamaConfig,
@@ -108,10 +108,9 @@ impl Llama {
             c.offset += s;
         }
         let h = self.norm.forward(h); // [b, s, hidden]
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens); // [v, hidden]
-        let [v, hidden] = w.dims();
+        let [hidden, v] = self.lm_head_t.dims();
         h.reshape([b * s, hidden]) // [b·s, hidden]
-            .matmul(w.clone().transpose()) // [b·s, v]
+            .matmul(self.lm_head_t.clone()) // [b·s, v]
             .reshape([b, s, v]) // [b, s, v]
     }
 

@@ -119,10 +119,7 @@ fn float_linear<S: WeightSource + ?Sized>(
     let name = format!("{prefix}.weight");
     let values = checked(src, &name, &shape)?;
     match quant {
-        None => Ok(FrozenWeight::Float(Tensor::from_data(
-            TensorData::new(values, shape),
-            device,
-        ))),
+        None => Ok(FrozenWeight::float(&values, shape, device)),
         Some(cfg) => {
             let q = QuantizedTensor::quantize(&values, &shape, cfg).map_err(|source| {
                 IoError::Quant {
@@ -184,10 +181,7 @@ impl WeightSource for CheckpointSource {
         }
         Ok(match quant {
             Some(_) => FrozenWeight::Quantized(QWeight::upload(&q, device)),
-            None => FrozenWeight::Float(Tensor::from_data(
-                TensorData::new(q.dequantize(), shape),
-                device,
-            )),
+            None => FrozenWeight::float(&q.dequantize(), shape, device),
         })
     }
 }
@@ -229,17 +223,29 @@ fn build<S: WeightSource>(
         config.num_kv_heads(),
         config.head_dim(),
     );
-    let matrix = |src: &mut S, name: &str, shape: [usize; 2]| -> Result<Tensor<2>, LoadError> {
-        let values = checked(src, name, &shape)?;
-        Ok(Tensor::from_data(TensorData::new(values, shape), device))
-    };
     let norm = |src: &mut S, name: &str| -> Result<RmsNorm, LoadError> {
         let values = checked(src, name, &[hidden])?;
         let weight = Tensor::from_data(TensorData::new(values, [hidden]), device);
         Ok(RmsNorm::new(weight, config.rms_norm_eps))
     };
 
-    let embed_tokens = matrix(src, "model.embed_tokens.weight", [vocab, hidden])?;
+    let embed = checked(src, "model.embed_tokens.weight", &[vocab, hidden])?;
+    // The LM head is stored transposed, `[hidden, v]`, for a contiguous matmul.
+    let head_t = |values: &[f32]| {
+        Tensor::from_data(
+            TensorData::new(
+                super::linear::transpose(values, vocab, hidden),
+                [hidden, vocab],
+            ),
+            device,
+        )
+    };
+    let lm_head_t = if config.tie_word_embeddings {
+        head_t(&embed)
+    } else {
+        head_t(&checked(src, "lm_head.weight", &[vocab, hidden])?)
+    };
+    let embed_tokens = Tensor::from_data(TensorData::new(embed, [vocab, hidden]), device);
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -273,16 +279,11 @@ fn build<S: WeightSource>(
         });
     }
     let final_norm = norm(src, "model.norm.weight")?;
-    let lm_head = if config.tie_word_embeddings {
-        None
-    } else {
-        Some(matrix(src, "lm_head.weight", [vocab, hidden])?)
-    };
     Ok(Llama {
         embed_tokens,
         layers,
         norm: final_norm,
-        lm_head,
+        lm_head_t,
         rope: RotaryEmbedding::new(d, config.rope_theta(), config.rope_scaling()?),
         config: config.clone(),
     })

@@ -1,0 +1,120 @@
+//! Arguments shared by the commands that load a model: `--quant`, `--double-quant`,
+//! `--blocksize` ([`QuantArgs`], also used by `wgtune quantize`) and `--model`, `--device`
+//! ([`ModelArgs`]), plus loading the model they describe.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::device::{self, DeviceChoice, Selected};
+use crate::io::model_cache::default_model_path;
+use crate::pretrained::Pretrained;
+use crate::quant::{QuantConfig, QuantError, QuantFormat};
+
+/// `--quant`: a 4-bit format, or `none` for float weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantMode {
+    /// Linear weights quantized to this format.
+    Bits4(QuantFormat),
+    /// Float weights as stored.
+    None,
+}
+
+impl FromStr for QuantMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(QuantMode::None),
+            other => other
+                .parse::<QuantFormat>()
+                .map(QuantMode::Bits4)
+                .map_err(|_| format!("unknown weight format {other:?} (nf4, fp4 or none)")),
+        }
+    }
+}
+
+impl std::fmt::Display for QuantMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuantMode::Bits4(format) => format.fmt(f),
+            QuantMode::None => f.write_str("none"),
+        }
+    }
+}
+
+/// How to quantize linear weights: `--quant nf4|fp4|none`, `--double-quant`, `--blocksize`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct QuantArgs {
+    /// 4-bit data type of the linear weights, or `none` to keep float weights.
+    #[arg(long = "quant", default_value = "nf4")]
+    pub quant: QuantMode,
+    /// Quantize the block scales to 8 bits as well (QLoRA double quantization).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub double_quant: bool,
+    /// Elements per scale block: a power of two from 32 to 4096.
+    #[arg(long, default_value_t = 64)]
+    pub blocksize: usize,
+}
+
+impl QuantArgs {
+    /// The quantization these arguments ask for; `None` for `--quant none`.
+    pub fn config(&self) -> Result<Option<QuantConfig>, QuantError> {
+        match self.quant {
+            QuantMode::None => Ok(None),
+            QuantMode::Bits4(format) => {
+                let cfg = QuantConfig {
+                    format,
+                    blocksize: self.blocksize,
+                    double_quant: self.double_quant,
+                };
+                cfg.validate()?;
+                Ok(Some(cfg))
+            }
+        }
+    }
+}
+
+/// `--model`, the quantization flags and `--device`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ModelArgs {
+    /// A GGUF file or a Hugging Face model directory (default: SmolLM2-135M-Instruct, fetched
+    /// once into the cache; `$WGTUNE_MODEL` overrides).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+    /// Where to run: `auto` (a GPU through wgpu, else the CPU backend), `wgpu` or `cpu`.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+impl ModelArgs {
+    /// `--model`, else the default model.
+    pub fn model_path(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(p) => Ok(p.clone()),
+            None => Ok(default_model_path()?),
+        }
+    }
+
+    /// Picks the device and loads the model onto it, reporting both on stderr.
+    pub fn load(&self) -> Result<(Pretrained, Selected)> {
+        let quant = self.quant.config()?;
+        let path = self.model_path()?;
+        let selected = device::select(self.device);
+        eprintln!("device: {}", selected.description);
+        let start = Instant::now();
+        let pretrained = Pretrained::load(&path, quant, &selected.device)
+            .with_context(|| format!("loading {}", path.display()))?;
+        eprintln!(
+            "model: {} ({} weights) loaded in {:.1} s",
+            path.display(),
+            self.quant.quant,
+            start.elapsed().as_secs_f64()
+        );
+        Ok((pretrained, selected))
+    }
+}

@@ -1,0 +1,238 @@
+//! A pretrained model ready to run: weights on a device, tokenizer, chat template.
+//!
+//! One entry, [`Pretrained::load`], for every format a user already has: a GGUF file (config,
+//! tokenizer and chat template from its metadata), a Hugging Face directory (float weights
+//! quantized on load, or a bitsandbytes 4-bit checkpoint used as stored), with `tokenizer.json`
+//! and the `chat_template` of `tokenizer_config.json` when present.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::data::template::{self, ChatTemplate};
+use crate::data::tokenizer::{self, Tokenizer};
+use crate::io::gguf::GgufFile;
+use crate::io::gguf::llama::hf_to_gguf_name;
+use crate::model::{self, Llama, LlamaConfig, LoadError};
+use crate::quant::QuantConfig;
+
+/// Errors from loading a pretrained model.
+#[derive(Debug, thiserror::Error)]
+pub enum PretrainedError {
+    /// The weights or config.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The tokenizer.
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::Error),
+    /// The chat template.
+    #[error(transparent)]
+    Template(#[from] template::Error),
+    /// A path that is neither a GGUF file nor a model directory.
+    #[error("{0}: not a model (expected a .gguf file or a directory with config.json)")]
+    UnknownFormat(PathBuf),
+    /// The operation needs a tokenizer and the model has none.
+    #[error("{0}: the model has no tokenizer (tokenizer.json or GGUF vocabulary)")]
+    NoTokenizer(PathBuf),
+}
+
+/// The format of a model path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A GGUF v3 file.
+    Gguf,
+    /// A Hugging Face model directory (`config.json` + safetensors).
+    HfDir,
+}
+
+impl ModelFormat {
+    /// Detects the format of `path` from what is on disk.
+    pub fn detect(path: &Path) -> Result<Self, PretrainedError> {
+        if path.is_dir() {
+            return Ok(ModelFormat::HfDir);
+        }
+        let mut magic = [0u8; 4];
+        std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .map_err(|e| LoadError::Io(crate::io::os_err(path)(e)))?;
+        if &magic == b"GGUF" {
+            Ok(ModelFormat::Gguf)
+        } else {
+            Err(PretrainedError::UnknownFormat(path.to_path_buf()))
+        }
+    }
+}
+
+/// A model on a device with what is needed to talk to it.
+pub struct Pretrained {
+    /// The network.
+    pub model: Llama,
+    /// Its configuration.
+    pub config: LlamaConfig,
+    /// Its tokenizer, when the files carry one.
+    pub tokenizer: Option<Tokenizer>,
+    /// Its own chat template, else the ChatML preset.
+    pub template: ChatTemplate,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// The format it was read in.
+    pub format: ModelFormat,
+}
+
+impl Pretrained {
+    /// Loads the model at `path` onto `device`, quantizing every linear projection with `quant`
+    /// (`None` keeps float weights; a bitsandbytes checkpoint keeps its stored 4-bit weights).
+    pub fn load(
+        path: &Path,
+        quant: Option<QuantConfig>,
+        device: &Device,
+    ) -> Result<Self, PretrainedError> {
+        match ModelFormat::detect(path)? {
+            ModelFormat::Gguf => Self::load_gguf(path, quant, device),
+            ModelFormat::HfDir => Self::load_hf_dir(path, quant, device),
+        }
+    }
+
+    fn load_gguf(
+        path: &Path,
+        quant: Option<QuantConfig>,
+        device: &Device,
+    ) -> Result<Self, PretrainedError> {
+        let gguf = GgufFile::open(path).map_err(LoadError::Io)?;
+        let hf_config = gguf.llama_config().map_err(LoadError::Io)?;
+        let config = LlamaConfig::from_json(&hf_config.to_hf_config_json().to_string(), path)?;
+        let total: u64 = gguf.tensors().iter().map(|t| t.n_bytes()).sum();
+        let bar = load_bar(path, total);
+        let model = model::load_from_tensors(
+            &config,
+            path,
+            |name| {
+                let (dims, values) = gguf.hf_tensor_f32(name)?;
+                if let Some(info) = hf_to_gguf_name(name).and_then(|g| gguf.tensor(&g)) {
+                    bar.inc(info.n_bytes());
+                }
+                Ok((values, dims))
+            },
+            quant,
+            device,
+        )?;
+        bar.finish_and_clear();
+        let tokenizer = Tokenizer::from_gguf_file(&gguf)?;
+        let template = match gguf.chat_template().map_err(LoadError::Io)? {
+            Some(source) => ChatTemplate::new(source)?,
+            None => ChatTemplate::preset("chatml")?,
+        };
+        let template = with_tokens(template, &tokenizer);
+        Ok(Self {
+            model,
+            config,
+            tokenizer: Some(tokenizer),
+            template,
+            path: path.to_path_buf(),
+            format: ModelFormat::Gguf,
+        })
+    }
+
+    fn load_hf_dir(
+        dir: &Path,
+        quant: Option<QuantConfig>,
+        device: &Device,
+    ) -> Result<Self, PretrainedError> {
+        let config = LlamaConfig::from_file(&dir.join(model::load::CONFIG_FILE))?;
+        let spinner = load_bar(dir, 0);
+        let model = model::load_hf_dir(dir, quant, device)?;
+        spinner.finish_and_clear();
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = if tokenizer_path.exists() {
+            Some(Tokenizer::from_file(&tokenizer_path)?)
+        } else {
+            None
+        };
+        let template = match hf_chat_template(dir)? {
+            Some(source) => ChatTemplate::new(&source)?,
+            None => ChatTemplate::preset("chatml")?,
+        };
+        let template = match &tokenizer {
+            Some(t) => with_tokens(template, t),
+            None => template,
+        };
+        Ok(Self {
+            model,
+            config,
+            tokenizer,
+            template,
+            path: dir.to_path_buf(),
+            format: ModelFormat::HfDir,
+        })
+    }
+
+    /// The tokenizer, or an error naming the model when it has none.
+    pub fn tokenizer(&self) -> Result<&Tokenizer, PretrainedError> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| PretrainedError::NoTokenizer(self.path.clone()))
+    }
+}
+
+/// The config of the model at `path` (GGUF metadata or `config.json`), without loading weights.
+pub fn read_config(path: &Path) -> Result<LlamaConfig, PretrainedError> {
+    match ModelFormat::detect(path)? {
+        ModelFormat::Gguf => {
+            let gguf = GgufFile::open(path).map_err(LoadError::Io)?;
+            let hf_config = gguf.llama_config().map_err(LoadError::Io)?;
+            Ok(LlamaConfig::from_json(
+                &hf_config.to_hf_config_json().to_string(),
+                path,
+            )?)
+        }
+        ModelFormat::HfDir => Ok(LlamaConfig::from_file(
+            &path.join(model::load::CONFIG_FILE),
+        )?),
+    }
+}
+
+/// The template with the tokenizer's bos/eos strings filled in.
+fn with_tokens(template: ChatTemplate, tokenizer: &Tokenizer) -> ChatTemplate {
+    template.with_special_tokens(tokenizer.bos_token(), tokenizer.eos_token())
+}
+
+/// `chat_template` from `tokenizer_config.json`, when the directory has one.
+fn hf_chat_template(dir: &Path) -> Result<Option<String>, PretrainedError> {
+    let path = dir.join("tokenizer_config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| LoadError::Config {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(json
+        .get("chat_template")
+        .and_then(|t| t.as_str())
+        .map(str::to_string))
+}
+
+/// A progress bar on stderr with bytes/s, or a spinner when the size is unknown (`total == 0`).
+fn load_bar(path: &Path, total: u64) -> ProgressBar {
+    let bar = if total > 0 {
+        let bar = ProgressBar::new(total);
+        if let Ok(style) = ProgressStyle::with_template(
+            "loading {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        let bar = ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    };
+    bar.set_message(
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    bar
+}
