@@ -80,7 +80,11 @@ fn qmatmul_forward_matches_reference() {
             for m in [1usize, 7, 64, 300] {
                 let x = rand_vec(m * k, 3 + m as u64);
                 let expect = values(ops::qmatmul(tensor(x.clone(), [m, k], &cpu()), &wc));
-                for strategy in [MatmulStrategy::Fused, MatmulStrategy::DequantMatmul] {
+                for strategy in [
+                    MatmulStrategy::Fused,
+                    MatmulStrategy::DequantMatmul,
+                    MatmulStrategy::DequantChunks { rows: 16 },
+                ] {
                     let got = values(ops::qmatmul_with(
                         tensor(x.clone(), [m, k], &wgpu()),
                         &wg,
@@ -136,7 +140,11 @@ fn qmatmul_t_matches_reference() {
             for m in [1usize, 7, 64, 300] {
                 let dy = rand_vec(m * n, 7 + m as u64);
                 let expect = values(ops::qmatmul_t(tensor(dy.clone(), [m, n], &cpu()), &wc));
-                for strategy in [MatmulStrategy::Fused, MatmulStrategy::DequantMatmul] {
+                for strategy in [
+                    MatmulStrategy::Fused,
+                    MatmulStrategy::DequantMatmul,
+                    MatmulStrategy::DequantChunks { rows: 16 },
+                ] {
                     let got = values(ops::qmatmul_t_with(
                         tensor(dy.clone(), [m, n], &wgpu()),
                         &wg,

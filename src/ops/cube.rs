@@ -133,12 +133,24 @@ impl Weight {
     }
 }
 
-fn dequantize_weight(w: &Weight, layout: &QLayout) -> CubeTensor {
-    let out = empty_f32(
-        &w.scales,
-        Shape::from(vec![layout.out_features, layout.in_features]),
-    );
-    let words = layout.numel().div_ceil(8);
+/// Largest f32 buffer the dequantize-then-matmul path materializes at once: WebGPU's default
+/// `maxStorageBufferBindingSize` (128 MiB), which browsers and software adapters enforce.
+const MAX_DEQUANT_BYTES: usize = 128 << 20;
+
+/// Rows of W per dequantized chunk: a multiple of 8 (so chunks start on a packed word) whose
+/// f32 copy fits [`MAX_DEQUANT_BYTES`].
+fn chunk_rows(layout: &QLayout) -> usize {
+    let rows = MAX_DEQUANT_BYTES / (4 * layout.in_features.max(1));
+    (rows / 8 * 8).max(8)
+}
+
+/// Rows `r0..r1` of `dequant(W)` as an f32 `[r1 - r0, K]` tensor (`r0` a multiple of 8).
+fn dequantize_rows(w: &Weight, layout: &QLayout, r0: usize, r1: usize) -> CubeTensor {
+    let k = layout.in_features;
+    let numel = (r1 - r0) * k;
+    let out = empty_f32(&w.scales, Shape::from(vec![r1 - r0, k]));
+    let first_word = r0 * k / 8;
+    let words = (r1 * k).div_ceil(8) - first_word;
     let (gx, gy) = grid_2d(words.div_ceil(shaders::DEQUANT_WG as usize));
     let [p, q, s, t] = w.buffers();
     launch(
@@ -146,13 +158,18 @@ fn dequantize_weight(w: &Weight, layout: &QLayout) -> CubeTensor {
         (gx, gy, 1),
         &[p, q, s, t, &out],
         &[
-            layout.numel() as u32,
+            numel as u32,
             layout.blocksize as u32,
             words as u32,
             gx,
+            first_word as u32,
         ],
     );
     out
+}
+
+fn dequantize_weight(w: &Weight, layout: &QLayout) -> CubeTensor {
+    dequantize_rows(w, layout, 0, layout.out_features)
 }
 
 /// `X W^T` (or `dY W` when `transposed`) over the last dimension of `input`, by the fused
@@ -179,15 +196,15 @@ fn linear(
     let mut out_dims = shape.to_vec();
     *out_dims.last_mut().expect("at least one dimension") = outer;
     let out_shape = Shape::from(out_dims);
-    if dispatch::resolve(strategy, m, transposed) == MatmulStrategy::DequantMatmul {
-        let wd = dequantize_weight(&w, layout);
-        let rhs = if transposed {
-            wd
-        } else {
-            CubeBackend::float_transpose(wd)
-        };
+    let chunk = match dispatch::resolve(strategy, m, transposed) {
+        MatmulStrategy::DequantMatmul => Some(chunk_rows(layout)),
+        MatmulStrategy::DequantChunks { rows } => Some(rows.div_ceil(8).max(1) * 8),
+        _ => None,
+    };
+    if let Some(step) = chunk {
         let lhs = CubeBackend::float_reshape(input, Shape::from(vec![m, inner]));
-        return CubeBackend::float_reshape(CubeBackend::float_matmul(lhs, rhs), out_shape);
+        let out = dequant_matmul(lhs, &w, layout, step, transposed);
+        return CubeBackend::float_reshape(out, out_shape);
     }
     let out = empty_f32(&input, out_shape);
     if m == 0 {
@@ -208,6 +225,50 @@ fn linear(
         &[m as u32, n as u32, k as u32, layout.blocksize as u32, gx],
     );
     out
+}
+
+/// `lhs W^T` (`[m, K] -> [m, N]`) or, when `transposed`, `lhs W` (`[m, N] -> [m, K]`) through
+/// dequantized chunks of `step` rows of W (a multiple of 8) and burn's matmul: each chunk's f32
+/// copy lives only for its product.
+fn dequant_matmul(
+    lhs: CubeTensor,
+    w: &Weight,
+    layout: &QLayout,
+    step: usize,
+    transposed: bool,
+) -> CubeTensor {
+    let n = layout.out_features;
+    let m = lhs.meta.shape()[0];
+    let mut outputs = Vec::new();
+    let mut sum: Option<CubeTensor> = None;
+    for r0 in (0..n).step_by(step) {
+        let r1 = (r0 + step).min(n);
+        let wd = dequantize_rows(w, layout, r0, r1); // [r1 - r0, K]
+        if transposed {
+            // dX = sum over chunks of dY[:, r0..r1] W[r0..r1, :].
+            let part = if r0 == 0 && r1 == n {
+                lhs.clone()
+            } else {
+                CubeBackend::float_slice(lhs.clone(), &[(0..m).into(), (r0..r1).into()])
+            };
+            let prod = CubeBackend::float_matmul(part, wd);
+            sum = Some(match sum {
+                Some(acc) => CubeBackend::float_add(acc, prod),
+                None => prod,
+            });
+        } else {
+            // Y[:, r0..r1] = X W[r0..r1, :]^T.
+            outputs.push(CubeBackend::float_matmul(
+                lhs.clone(),
+                CubeBackend::float_transpose(wd),
+            ));
+        }
+    }
+    match sum {
+        Some(dx) => dx,
+        None if outputs.len() == 1 => outputs.pop().expect("one chunk"),
+        None => CubeBackend::float_cat(outputs, 1),
+    }
 }
 
 impl QuantBackend for CubeBackend {

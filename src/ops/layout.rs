@@ -33,8 +33,15 @@ pub enum MatmulStrategy {
     Auto,
     /// The fused dequant+matmul WGSL kernel.
     Fused,
-    /// Dequantize to f32 with the WGSL kernel, then burn's matmul.
+    /// Dequantize to f32 with the WGSL kernel, then burn's matmul, in chunks of rows of W whose
+    /// f32 copy stays under WebGPU's default binding limit (128 MiB).
     DequantMatmul,
+    /// [`MatmulStrategy::DequantMatmul`] with at most `rows` rows of W per chunk (rounded up to
+    /// a multiple of 8).
+    DequantChunks {
+        /// Rows of W dequantized at a time.
+        rows: usize,
+    },
 }
 
 /// Output shape of `X * W^T`: X's shape with the last dimension replaced by `out_features`.
