@@ -1,7 +1,7 @@
 //! Times the 4-bit matmul paths against dense f32 on one device, in one run.
 //!
 //! ```text
-//! cargo run --release --example bench_kernels [-- --json] [--device wgpu|cpu] [--shapes small|all]
+//! cargo run --release --example bench_kernels [-- --json] [--device wgpu|cpu] [--shapes small|large|all]
 //! ```
 //! For LLaMA-like weights (K x N in 576x1536, 4096x4096, 4096x11008) and M in 1, 8, 128, 512,
 //! 2048 rows, it measures `Y = X W^T` three ways: the fused WGSL kernel, the WGSL dequantize
@@ -15,30 +15,33 @@ use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use wgtune::ops::{self, MatmulStrategy, QWeight};
 use wgtune::quant::{QuantConfig, QuantizedTensor};
 
+/// Largest f32 weight the dense baseline uploads (WebGPU's default binding limit).
+const DENSE_LIMIT_BYTES: usize = 128 << 20;
+
 /// Largest M at which the fused kernel is timed.
 const FUSED_LIMIT: usize = 128;
 
 struct Args {
     json: bool,
     device: String,
-    all_shapes: bool,
+    shapes: String,
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
         json: false,
         device: "wgpu".into(),
-        all_shapes: true,
+        shapes: "all".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--json" => args.json = true,
             "--device" => args.device = it.next().unwrap_or_default(),
-            "--shapes" => args.all_shapes = it.next().as_deref() != Some("small"),
+            "--shapes" => args.shapes = it.next().unwrap_or_default(),
             other => {
                 eprintln!(
-                    "unknown argument {other}; usage: bench_kernels [--json] [--device wgpu] [--shapes small|all]"
+                    "unknown argument {other}; usage: bench_kernels [--json] [--device wgpu] [--shapes small|large|all]"
                 );
                 std::process::exit(2);
             }
@@ -95,10 +98,10 @@ fn main() {
         .identity()
         .map_or_else(|| args.device.clone(), |i| i.name.to_string())
         .replace('"', "'");
-    let shapes: &[(usize, usize)] = if args.all_shapes {
-        &[(576, 1536), (4096, 4096), (4096, 11008)]
-    } else {
-        &[(576, 1536)]
+    let shapes: &[(usize, usize)] = match args.shapes.as_str() {
+        "small" => &[(576, 1536)],
+        "large" => &[(4096, 11008)],
+        _ => &[(576, 1536), (4096, 4096), (4096, 11008)],
     };
     if !args.json {
         println!("device: {adapter}");
@@ -118,7 +121,8 @@ fn main() {
                 wt[c * n + r] = v;
             }
         }
-        let dense_t = Tensor::<2>::from_data(TensorData::new(wt, [k, n]), &device);
+        let dense_t = (n * k * 4 <= DENSE_LIMIT_BYTES)
+            .then(|| Tensor::<2>::from_data(TensorData::new(wt, [k, n]), &device));
         if !args.json {
             println!(
                 "weight {k}x{n}: NF4 {} bytes on device vs f32 {} bytes ({:.2}x smaller)",
@@ -143,24 +147,33 @@ fn main() {
                 / time(&device, || {
                     ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::DequantMatmul)
                 });
-            let dense = flops / time(&device, || x.clone().matmul(dense_t.clone()));
+            // One f32 copy of a large weight exceeds WebGPU's default 128 MiB binding limit, which
+            // software adapters and browsers enforce: the dense baseline cannot run there.
+            let dense = dense_t
+                .as_ref()
+                .map(|wt| flops / time(&device, || x.clone().matmul(wt.clone())));
             let chosen = match fused {
                 Some(f) if f >= deq => "fused",
                 _ => "dequant_matmul",
             };
             let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+            let json = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.4}"));
+            let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+            let best = Some(fused.map_or(deq, |f| f.max(deq)));
             if args.json {
-                let fused_json = fused.map_or("null".to_string(), |f| format!("{f:.4}"));
                 println!(
-                    "{{\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{fused_json},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{dense:.4},\"chosen\":\"{chosen}\",\"adapter\":\"{adapter}\"}}"
+                    "{{\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"chosen\":\"{chosen}\",\"adapter\":\"{adapter}\"}}",
+                    json(fused),
+                    json(dense)
                 );
             } else {
                 println!(
-                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {dense:>9.2} | {:>11} {:>13} | {chosen} (chosen/dense {:.2})",
+                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {:>9} | {:>11} {:>13} | {chosen} (chosen/dense {})",
                     fmt(fused),
-                    fmt(fused.map(|f| f / dense)),
+                    fmt(dense),
+                    fmt(ratio(fused, dense)),
                     fmt(fused.map(|f| f / deq)),
-                    fused.map_or(deq, |f| f.max(deq)) / dense
+                    fmt(ratio(best, dense))
                 );
             }
         }
