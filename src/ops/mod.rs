@@ -14,12 +14,22 @@ pub mod reference;
 pub mod shaders;
 mod weight;
 
-use burn::backend::Dispatch;
+use burn::backend::{Dispatch, DispatchTensor};
 use burn::tensor::Tensor;
 
 pub use backend::QuantBackend;
 pub use layout::{MatmulStrategy, QLayout};
 pub use weight::{OpsPath, QWeight, TABLES_LEN};
+
+/// The weight's four tensors (packed, absmax_q, scales, tables) in dispatch form.
+fn dispatch_parts(w: &QWeight) -> [DispatchTensor; 4] {
+    [
+        w.packed.clone().into_dispatch(),
+        w.absmax_q.clone().into_dispatch(),
+        w.scales.clone().into_dispatch(),
+        w.tables.clone().into_dispatch(),
+    ]
+}
 
 /// `Y = X * dequant(W)^T` over the last dimension of `x` (`[.., in] -> [.., out]`).
 pub fn qmatmul<const D: usize>(x: Tensor<D>, w: &QWeight) -> Tensor<D> {
@@ -34,15 +44,11 @@ pub fn qmatmul_with<const D: usize>(
 ) -> Tensor<D> {
     match w.path {
         OpsPath::Reference => reference::qmatmul(x, w),
-        OpsPath::Kernel => Tensor::from_dispatch(Dispatch::qmatmul(
-            x.into_dispatch(),
-            w.packed.clone().into_dispatch(),
-            w.absmax_q.clone().into_dispatch(),
-            w.scales.clone().into_dispatch(),
-            w.tables.clone().into_dispatch(),
-            w.layout,
-            strategy,
-        )),
+        OpsPath::Kernel => {
+            let [p, q, s, t] = dispatch_parts(w);
+            let y = Dispatch::qmatmul(x.into_dispatch(), p, q, s, t, w.layout, strategy);
+            Tensor::from_dispatch(y)
+        }
     }
 }
 
@@ -59,15 +65,11 @@ pub fn qmatmul_t_with<const D: usize>(
 ) -> Tensor<D> {
     match w.path {
         OpsPath::Reference => reference::qmatmul_t(dy, w),
-        OpsPath::Kernel => Tensor::from_dispatch(Dispatch::qmatmul_t(
-            dy.into_dispatch(),
-            w.packed.clone().into_dispatch(),
-            w.absmax_q.clone().into_dispatch(),
-            w.scales.clone().into_dispatch(),
-            w.tables.clone().into_dispatch(),
-            w.layout,
-            strategy,
-        )),
+        OpsPath::Kernel => {
+            let [p, q, s, t] = dispatch_parts(w);
+            let dx = Dispatch::qmatmul_t(dy.into_dispatch(), p, q, s, t, w.layout, strategy);
+            Tensor::from_dispatch(dx)
+        }
     }
 }
 
@@ -75,13 +77,10 @@ pub fn qmatmul_t_with<const D: usize>(
 pub fn dequantize(w: &QWeight) -> Tensor<2> {
     match w.path {
         OpsPath::Reference => reference::dequantize(w),
-        OpsPath::Kernel => Tensor::from_dispatch(Dispatch::dequantize_4bit(
-            w.packed.clone().into_dispatch(),
-            w.absmax_q.clone().into_dispatch(),
-            w.scales.clone().into_dispatch(),
-            w.tables.clone().into_dispatch(),
-            w.layout,
-        )),
+        OpsPath::Kernel => {
+            let [p, q, s, t] = dispatch_parts(w);
+            Tensor::from_dispatch(Dispatch::dequantize_4bit(p, q, s, t, w.layout))
+        }
     }
 }
 
