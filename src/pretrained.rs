@@ -141,9 +141,9 @@ impl Pretrained {
         device: &Device,
     ) -> Result<Self, PretrainedError> {
         let config = LlamaConfig::from_file(&dir.join(model::load::CONFIG_FILE))?;
-        let spinner = load_bar(dir, 0);
-        let model = model::load_hf_dir(dir, quant, device)?;
-        spinner.finish_and_clear();
+        let bar = load_bar(dir, safetensors_bytes(dir));
+        let model = model::load_hf_dir_with_progress(dir, quant, device, &mut |n| bar.inc(n))?;
+        bar.finish_and_clear();
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = if tokenizer_path.exists() {
             Some(Tokenizer::from_file(&tokenizer_path)?)
@@ -212,6 +212,20 @@ fn hf_chat_template(dir: &Path) -> Result<Option<String>, PretrainedError> {
         .get("chat_template")
         .and_then(|t| t.as_str())
         .map(str::to_string))
+}
+
+/// Bytes of the `.safetensors` files in `dir` (the weights a load reads).
+fn safetensors_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// A progress bar on stderr with bytes/s, or a spinner when the size is unknown (`total == 0`).

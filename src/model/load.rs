@@ -37,11 +37,22 @@ pub fn load_hf_dir(
     quant: Option<QuantConfig>,
     device: &Device,
 ) -> Result<Llama, LoadError> {
+    load_hf_dir_with_progress(dir, quant, device, &mut |_| {})
+}
+
+/// [`load_hf_dir`], calling `progress(bytes)` with the stored size of each tensor once read.
+pub fn load_hf_dir_with_progress(
+    dir: &Path,
+    quant: Option<QuantConfig>,
+    device: &Device,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Llama, LoadError> {
     let config = LlamaConfig::from_file(&dir.join(CONFIG_FILE))?;
     let mut source = CheckpointSource {
         bnb: config.is_bnb_quantized(),
         ckpt: Checkpoint::open(dir)?,
         dir: dir.to_path_buf(),
+        progress,
     };
     build(&config, &mut source, quant, device)
 }
@@ -134,16 +145,19 @@ fn float_linear<S: WeightSource + ?Sized>(
 }
 
 /// A safetensors checkpoint, optionally holding bitsandbytes 4-bit Linears.
-struct CheckpointSource {
+struct CheckpointSource<'p> {
     ckpt: Checkpoint,
     dir: PathBuf,
     bnb: bool,
+    progress: &'p mut dyn FnMut(u64),
 }
 
-impl WeightSource for CheckpointSource {
+impl WeightSource for CheckpointSource<'_> {
     fn float(&mut self, name: &str) -> Result<(Vec<f32>, Vec<usize>), LoadError> {
         let (view, path) = self.ckpt.view(name)?;
-        Ok((read_f32(&view, path, name)?, view.shape().to_vec()))
+        let values = read_f32(&view, path, name)?;
+        (self.progress)(view.data().len() as u64);
+        Ok((values, view.shape().to_vec()))
     }
 
     fn origin(&self, name: &str) -> PathBuf {
@@ -170,6 +184,7 @@ impl WeightSource for CheckpointSource {
             return float_linear(self, prefix, shape, quant, device);
         }
         let q = bnb::read_quantized_from(&st, prefix, file.path())?;
+        (self.progress)(q.size_bytes() as u64);
         if q.shape() != shape {
             return Err(IoError::Shape {
                 path: file.path().to_path_buf(),

@@ -29,7 +29,7 @@ pub use attention::{Attention, KvCache, LayerKv};
 pub use config::{LlamaConfig, RopeParameters, RopeScaling};
 pub use linear::{FrozenWeight, LoraAdapter, QLinear};
 pub use llama::{DecoderLayer, Llama};
-pub use load::{load_from_tensors, load_hf_dir};
+pub use load::{load_from_tensors, load_hf_dir, load_hf_dir_with_progress};
 pub use loss::{IGNORE_INDEX, causal_lm_loss};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
