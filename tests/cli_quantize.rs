@@ -230,3 +230,31 @@ fn bad_inputs_fail_cleanly() {
         ],
     );
 }
+
+#[test]
+fn no_arguments_runs_the_built_in_example() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wgtune"))
+        .arg("quantize")
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("run wgtune");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("quantized 14 linear weights to nf4"),
+        "{stdout}"
+    );
+    // NF4 on Gaussian blocks of 64 reconstructs to roughly 9% relative RMS error.
+    let rms: f64 = stdout
+        .split("relative RMS error ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("an RMS error in the summary");
+    assert!((0.05..0.15).contains(&rms), "relative RMS error {rms}");
+    let dir = tmp.path().join("wgtune-quantize-example/model-nf4");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    assert!(config.contains("\"quantization_config\""));
+    assert!(dir.join("model.safetensors").exists());
+}
