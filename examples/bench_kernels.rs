@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+use wgtune::model::linear::transpose;
 use wgtune::ops::{self, MatmulStrategy, QWeight};
 use wgtune::quant::{QuantConfig, QuantizedTensor};
 
@@ -114,13 +115,8 @@ fn main() {
         let w = random(n * k, (k * n) as u64);
         let q = QuantizedTensor::quantize(&w, &[n, k], QuantConfig::default()).expect("quantize");
         let qw = QWeight::upload(&q, &device);
-        // W^T laid out contiguously, as a dense model would store it for X W^T.
-        let mut wt = vec![0f32; n * k];
-        for (r, row) in w.chunks(k).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                wt[c * n + r] = v;
-            }
-        }
+        // W^T laid out contiguously, as a dense model stores it for X W^T.
+        let wt = transpose(&w, n, k);
         let dense_t = (n * k * 4 <= DENSE_LIMIT_BYTES)
             .then(|| Tensor::<2>::from_data(TensorData::new(wt, [k, n]), &device));
         if !args.json {
