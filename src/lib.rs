@@ -12,5 +12,7 @@ pub mod generate;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod peft;
 pub mod pretrained;
 pub mod quant;
+pub mod train;

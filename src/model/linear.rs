@@ -69,6 +69,35 @@ pub struct LoraAdapter {
     /// `α/r` (or `α/√r` for rsLoRA).
     #[module(skip)]
     pub scale: f32,
+    /// Dropout probability on the adapter's input (PEFT's `lora_dropout`).
+    #[module(skip)]
+    pub dropout: f32,
+    /// Whether dropout is applied (training) or not (evaluation); off by default.
+    #[module(skip)]
+    pub dropout_active: bool,
+}
+
+impl LoraAdapter {
+    /// `s·(drop(x)·Aᵀ)·Bᵀ`. Dropout keeps each input element with probability `1 - p` and scales
+    /// it by `1/(1 - p)`, as `torch.nn.Dropout`; its mask comes from the device's generator, so
+    /// seeding the device before a forward makes it reproducible.
+    ///
+    /// # Shapes
+    /// `x: [.., in]` -> `[.., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = if self.dropout_active && self.dropout > 0.0 {
+            let keep = 1.0 - f64::from(self.dropout);
+            let mask = Tensor::<D>::random(
+                x.shape(),
+                burn::tensor::Distribution::Bernoulli(keep),
+                &x.device(),
+            );
+            x * mask.div_scalar(keep as f32)
+        } else {
+            x
+        };
+        ops::lora(x, self.a.val(), self.b.val(), self.scale)
+    }
 }
 
 /// A bias-free linear layer over a frozen weight, plus an optional adapter.
@@ -107,9 +136,7 @@ impl QLinear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.adapter {
             None => self.forward_frozen(x),
-            Some(ad) => {
-                self.forward_frozen(x.clone()) + ops::lora(x, ad.a.val(), ad.b.val(), ad.scale)
-            }
+            Some(ad) => self.forward_frozen(x.clone()) + ad.forward(x),
         }
     }
 
@@ -182,6 +209,8 @@ mod tests {
             a: Param::from_tensor(t2(vals(r * inp, 2), [r, inp], &device)),
             b: Param::from_tensor(t2(vals(out * r, 4), [out, r], &device)),
             scale: 2.0,
+            dropout: 0.0,
+            dropout_active: false,
         });
         assert_eq!(layer.num_params(), r * (inp + out));
         let x = t2(vals(3 * inp, 9), [3, inp], &device);

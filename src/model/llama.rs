@@ -85,7 +85,7 @@ impl Llama {
     /// `input_ids: [b, s]` -> `[b, s, v]`.
     pub fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let mut cache = cache;
-        let [b, s] = input_ids.dims();
+        let [_, s] = input_ids.dims();
         let device = self.embed_tokens.device();
         let offset = cache.as_ref().map_or(0, |c| c.offset);
         let (cos, sin) = self.rope.cos_sin(offset, s, &device); // [s, d] each
@@ -107,6 +107,32 @@ impl Llama {
         if let Some(c) = cache {
             c.offset += s;
         }
+        self.head(h)
+    }
+
+    /// `E[ids]`, the input of the first layer.
+    ///
+    /// # Shapes
+    /// `input_ids: [b, s]` -> `[b, s, hidden]`.
+    pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        embedding(self.embed_tokens.clone(), input_ids)
+    }
+
+    /// RoPE `cos`, `sin` (`[s, d]`) and the causal mask (`[s, s]`, `None` for one token) of `s`
+    /// tokens at positions `0..s`: what every layer of an uncached forward takes.
+    pub fn positions(&self, s: usize) -> (Tensor<2>, Tensor<2>, Option<Tensor<2, Bool>>) {
+        let device = self.embed_tokens.device();
+        let (cos, sin) = self.rope.cos_sin(0, s, &device);
+        let mask = (s > 1).then(|| causal_mask(s, 0, self.config.sliding_window, &device));
+        (cos, sin, mask)
+    }
+
+    /// `norm(h)·W_headᵀ`: logits from the last layer's output.
+    ///
+    /// # Shapes
+    /// `h: [b, s, hidden]` -> `[b, s, v]`.
+    pub fn head(&self, h: Tensor<3>) -> Tensor<3> {
+        let [b, s, _] = h.dims();
         let h = self.norm.forward(h); // [b, s, hidden]
         let [hidden, v] = self.lm_head_t.dims();
         h.reshape([b * s, hidden]) // [b·s, hidden]

@@ -14,6 +14,17 @@ pub const IGNORE_INDEX: i64 = -100;
 /// # Shapes
 /// `logits: [b, s, v]`, `labels: [b, s]` with `s >= 2` -> `[1]`.
 pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<1> {
+    let (sum, count) = causal_lm_loss_sum(logits, labels);
+    sum / count
+}
+
+/// The summed next-token cross-entropy and the number of target tokens it sums over, for losses
+/// whose mean runs over more than one batch (gradient accumulation: divide every micro-batch's
+/// sum by the whole step's count).
+///
+/// # Shapes
+/// `logits: [b, s, v]`, `labels: [b, s]` with `s >= 2` -> `([1], [1])`.
+pub fn causal_lm_loss_sum(logits: Tensor<3>, labels: Tensor<2, Int>) -> (Tensor<1>, Tensor<1>) {
     let [_, s, _] = logits.dims();
     let logits = logits.narrow(1, 0, s - 1); // [b, s-1, v]
     let labels = labels.narrow(1, 1, s - 1); // [b, s-1]
@@ -24,7 +35,7 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<1> {
         .squeeze_dim::<2>(2); // [b, s-1]
     let keep = ignored.bool_not().float(); // [b, s-1]
     let count = keep.clone().sum(); // [1]
-    (log_p * keep).sum().neg() / count
+    ((log_p * keep).sum().neg(), count)
 }
 
 #[cfg(test)]

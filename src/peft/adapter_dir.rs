@@ -1,0 +1,384 @@
+//! PEFT LoRA adapter directories, both ways: `adapter_config.json` + `adapter_model.safetensors`
+//! with keys `base_model.model.model.layers.{i}.{self_attn|mlp}.{proj}.lora_{A|B}.weight`
+//! (`A: [r, in]`, `B: [out, r]`), what `PeftModel.save_pretrained` writes and
+//! `PeftModel.from_pretrained` reads.
+//!
+//! Reading checks everything against the model before touching it: every key names a layer and
+//! projection the model has, shapes agree with the projection and with `r`, each module has both
+//! halves. Writing goes to temporary names renamed into place, so a directory never holds half
+//! an adapter.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Tensor;
+use serde_json::{Value, json};
+
+use super::lora::{LoraConfig, TargetModule, adapter_from_values, adapters, module_key};
+use crate::io::{self, Checkpoint, IoError, OwnedTensor};
+use crate::model::Llama;
+
+/// `adapter_config.json`.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+/// `adapter_model.safetensors`.
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// Errors from reading or writing an adapter directory. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    /// Reading or writing a file failed.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// `adapter_config.json` is not a LoRA config this crate can apply.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The weights do not fit the model.
+    #[error("{path}: {reason}")]
+    Mismatch {
+        /// The weights file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+    /// Reading an adapter back from the device failed.
+    #[error("cannot read adapter {name} from the device: {reason}")]
+    Readback {
+        /// The tensor.
+        name: String,
+        /// What burn said.
+        reason: String,
+    },
+}
+
+/// An adapter directory read into memory: its config and `A`/`B` values per module prefix.
+#[derive(Clone, Debug)]
+pub struct AdapterFile {
+    /// The directory.
+    pub dir: PathBuf,
+    /// r, α, dropout, targets, rsLoRA.
+    pub config: LoraConfig,
+    /// `base_model_name_or_path` as written.
+    pub base_model: Option<String>,
+    /// Per module prefix (`base_model.model.model.layers.0.self_attn.q_proj`): `(A, B)` values
+    /// and shapes.
+    pub modules: BTreeMap<String, AdapterWeights>,
+}
+
+/// One module's `A: [r, in]` and `B: [out, r]`.
+#[derive(Clone, Debug)]
+pub struct AdapterWeights {
+    /// `lora_A.weight` values.
+    pub a: Vec<f32>,
+    /// `[r, in]`.
+    pub a_shape: [usize; 2],
+    /// `lora_B.weight` values.
+    pub b: Vec<f32>,
+    /// `[out, r]`.
+    pub b_shape: [usize; 2],
+}
+
+impl AdapterFile {
+    /// Reads `dir/adapter_config.json` and `dir/adapter_model.safetensors`.
+    pub fn read(dir: &Path) -> Result<Self, AdapterError> {
+        let config_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_path).map_err(io::os_err(&config_path))?;
+        let (config, base_model) = parse_config(&text, &config_path)?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let ckpt = Checkpoint::open(&weights_path)?;
+        let mut halves: BTreeMap<String, [Option<(Vec<f32>, [usize; 2])>; 2]> = BTreeMap::new();
+        let names: Vec<String> = ckpt.names().map(str::to_string).collect();
+        for name in names {
+            let (prefix, half) = split_key(&name).ok_or_else(|| AdapterError::Mismatch {
+                path: weights_path.clone(),
+                reason: format!(
+                    "tensor {name:?} is not a LoRA weight (expected \
+                     base_model.model.model.layers.N.<module>.lora_A.weight / lora_B.weight)"
+                ),
+            })?;
+            let (view, path) = ckpt.view(&name)?;
+            let shape: [usize; 2] =
+                view.shape()
+                    .try_into()
+                    .map_err(|_| AdapterError::Mismatch {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "tensor {name:?} has shape {:?}, expected 2-D",
+                            view.shape()
+                        ),
+                    })?;
+            let values = io::read_f32(&view, path, &name)?;
+            halves.entry(prefix).or_default()[half] = Some((values, shape));
+        }
+        let mut modules = BTreeMap::new();
+        for (prefix, [a, b]) in halves {
+            let missing = |which: &str| AdapterError::Mismatch {
+                path: weights_path.clone(),
+                reason: format!("{prefix} has no {which}.weight"),
+            };
+            let (a, a_shape) = a.ok_or_else(|| missing("lora_A"))?;
+            let (b, b_shape) = b.ok_or_else(|| missing("lora_B"))?;
+            if a_shape[0] != b_shape[1] {
+                return Err(AdapterError::Mismatch {
+                    path: weights_path.clone(),
+                    reason: format!(
+                        "{prefix}: lora_A is {a_shape:?} and lora_B {b_shape:?}; their ranks differ"
+                    ),
+                });
+            }
+            if a_shape[0] != config.r {
+                return Err(AdapterError::Mismatch {
+                    path: weights_path.clone(),
+                    reason: format!(
+                        "{prefix}: rank {} but adapter_config.json says r = {} \
+                         (rank_pattern is not supported)",
+                        a_shape[0], config.r
+                    ),
+                });
+            }
+            modules.insert(
+                prefix,
+                AdapterWeights {
+                    a,
+                    a_shape,
+                    b,
+                    b_shape,
+                },
+            );
+        }
+        if modules.is_empty() {
+            return Err(AdapterError::Mismatch {
+                path: weights_path,
+                reason: "no LoRA weights in the file".to_string(),
+            });
+        }
+        Ok(AdapterFile {
+            dir: dir.to_path_buf(),
+            config,
+            base_model,
+            modules,
+        })
+    }
+
+    /// Puts these adapters on `model` (replacing any it has), after checking that every module
+    /// exists and every shape fits. Layers or projections absent from the file get no adapter.
+    pub fn apply(&self, model: &mut Llama) -> Result<(), AdapterError> {
+        let path = self.dir.join(WEIGHTS_FILE);
+        let mut placed = BTreeMap::new();
+        for (i, layer) in model.layers.iter().enumerate() {
+            for target in TargetModule::ALL {
+                let key = module_key(i, target);
+                if let Some(w) = self.modules.get(&key) {
+                    let linear = target.linear(layer);
+                    let (out, inp) = (linear.out_features(), linear.in_features());
+                    if w.a_shape[1] != inp || w.b_shape[0] != out {
+                        return Err(AdapterError::Mismatch {
+                            path,
+                            reason: format!(
+                                "{key}: lora_A {:?} / lora_B {:?} do not fit the model's \
+                                 [{out}, {inp}] projection (an adapter for another model?)",
+                                w.a_shape, w.b_shape
+                            ),
+                        });
+                    }
+                    placed.insert(key, (i, target));
+                }
+            }
+        }
+        if let Some(extra) = self.modules.keys().find(|k| !placed.contains_key(*k)) {
+            return Err(AdapterError::Mismatch {
+                path,
+                reason: format!(
+                    "{extra}: the model ({} layers) has no such module",
+                    model.layers.len()
+                ),
+            });
+        }
+        let device = model.embed_tokens.device();
+        for (key, (i, target)) in placed {
+            let w = &self.modules[&key];
+            target.linear_mut(&mut model.layers[i]).adapter = Some(adapter_from_values(
+                &w.a,
+                w.a_shape,
+                &w.b,
+                w.b_shape,
+                &self.config,
+                &device,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `prefix.lora_A.weight` -> `(prefix, 0)`, `prefix.lora_B.weight` -> `(prefix, 1)`.
+fn split_key(name: &str) -> Option<(String, usize)> {
+    let (prefix, half) = if let Some(p) = name.strip_suffix(".lora_A.weight") {
+        (p, 0)
+    } else {
+        (name.strip_suffix(".lora_B.weight")?, 1)
+    };
+    Some((prefix.to_string(), half))
+}
+
+/// The fields of `adapter_config.json` this crate uses; anything it cannot honour is an error.
+fn parse_config(text: &str, path: &Path) -> Result<(LoraConfig, Option<String>), AdapterError> {
+    let bad = |reason: String| AdapterError::Config {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let peft_type = v.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
+    if peft_type != "LORA" {
+        return Err(bad(format!(
+            "peft_type {peft_type:?}; wgtune reads LORA adapters"
+        )));
+    }
+    for flag in ["use_dora", "fan_in_fan_out"] {
+        if v.get(flag).and_then(Value::as_bool) == Some(true) {
+            return Err(bad(format!("{flag} = true is not supported")));
+        }
+    }
+    if let Some(bias) = v.get("bias").and_then(Value::as_str)
+        && bias != "none"
+    {
+        return Err(bad(format!(
+            "bias = {bias:?} is not supported (only \"none\")"
+        )));
+    }
+    for pattern in ["rank_pattern", "alpha_pattern"] {
+        if v.get(pattern)
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+        {
+            return Err(bad(format!("{pattern} is not supported")));
+        }
+    }
+    let r = v
+        .get("r")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| bad("missing or invalid \"r\"".to_string()))? as usize;
+    let alpha = v.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0) as f32;
+    let dropout = v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32;
+    let rslora = v
+        .get("use_rslora")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let targets = match v.get("target_modules") {
+        Some(Value::Array(items)) => {
+            let mut out = BTreeSet::new();
+            for item in items {
+                let name = item
+                    .as_str()
+                    .ok_or_else(|| bad(format!("target_modules entry {item} is not a string")))?;
+                out.extend(TargetModule::parse_list(name).map_err(bad)?);
+            }
+            out.into_iter().collect()
+        }
+        Some(Value::String(s)) if s == "all-linear" => TargetModule::ALL.to_vec(),
+        Some(Value::String(s)) => {
+            return Err(bad(format!(
+                "target_modules as a regular expression ({s:?}) is not supported; \
+                 use a list of module names"
+            )));
+        }
+        _ => return Err(bad("missing target_modules".to_string())),
+    };
+    let config = LoraConfig {
+        r,
+        alpha,
+        dropout,
+        targets,
+        rslora,
+    };
+    config.validate().map_err(bad)?;
+    let base = v
+        .get("base_model_name_or_path")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok((config, base))
+}
+
+/// The `adapter_config.json` PEFT would write for `config`.
+pub fn config_json(config: &LoraConfig, base_model: &str) -> Value {
+    let targets: Vec<&str> = config.targets.iter().map(|t| t.name()).collect();
+    json!({
+        "alpha_pattern": {},
+        "auto_mapping": null,
+        "base_model_name_or_path": base_model,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "layers_pattern": null,
+        "layers_to_transform": null,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "modules_to_save": null,
+        "peft_type": "LORA",
+        "r": config.r,
+        "rank_pattern": {},
+        "revision": null,
+        "target_modules": targets,
+        "task_type": "CAUSAL_LM",
+        "use_dora": false,
+        "use_rslora": config.rslora,
+    })
+}
+
+/// The model's adapters as named f32 tensors (PEFT keys), read back from the device.
+pub fn adapter_tensors(model: &Llama) -> Result<BTreeMap<String, OwnedTensor>, AdapterError> {
+    let mut out = BTreeMap::new();
+    for (prefix, ad) in adapters(model) {
+        for (half, t) in [("lora_A", ad.a.val()), ("lora_B", ad.b.val())] {
+            let name = format!("{prefix}.{half}.weight");
+            out.insert(name.clone(), owned(t, &name)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A device tensor as an F32 [`OwnedTensor`].
+pub fn owned(t: Tensor<2>, name: &str) -> Result<OwnedTensor, AdapterError> {
+    let shape = t.dims().to_vec();
+    let values = t
+        .inner()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| AdapterError::Readback {
+            name: name.to_string(),
+            reason: format!("{e:?}"),
+        })?;
+    Ok(OwnedTensor::f32(shape, &values))
+}
+
+/// Writes the model's adapters as a PEFT directory `dir` (created if needed): weights and config
+/// each go to a temporary name first and are renamed into place.
+pub fn save(
+    model: &Llama,
+    config: &LoraConfig,
+    base_model: &str,
+    dir: &Path,
+) -> Result<(), AdapterError> {
+    let tensors = adapter_tensors(model)?;
+    if tensors.is_empty() {
+        return Err(AdapterError::Mismatch {
+            path: dir.to_path_buf(),
+            reason: "the model has no adapters to save".to_string(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(io::os_err(dir))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
+    io::write_safetensors(&tensors, &tmp)?;
+    std::fs::rename(&tmp, &weights).map_err(io::os_err(&weights))?;
+    let cfg = dir.join(CONFIG_FILE);
+    let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
+    let text = serde_json::to_string_pretty(&config_json(config, base_model))
+        .expect("a JSON value serializes");
+    std::fs::write(&tmp, text + "\n").map_err(io::os_err(&tmp))?;
+    std::fs::rename(&tmp, &cfg).map_err(io::os_err(&cfg))?;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Parameter-efficient fine-tuning on top of the frozen model: LoRA adapters ([`lora`]: targets,
+//! config, PEFT's init) and PEFT adapter directories ([`adapter_dir`]: read, apply, save).
+
+pub mod adapter_dir;
+pub mod lora;
+
+pub use adapter_dir::{AdapterError, AdapterFile};
+pub use lora::{LoraConfig, TargetModule, adapters, attach, set_dropout_active};
