@@ -158,8 +158,10 @@ impl LineIndex {
 mod tests {
     use super::*;
 
+    type Rows = Vec<(usize, Result<Value, String>)>;
+
     /// `(line, value or reason)` of every row, or the fatal error's `(line, reason)`.
-    fn rows(text: &str) -> Result<Vec<(usize, Result<Value, String>)>, (usize, String)> {
+    fn rows(text: &str) -> Result<Rows, (usize, String)> {
         let mut out = Vec::new();
         let result = for_each_row(Path::new("d.json"), text, |line, row| {
             out.push((line, row));
