@@ -386,7 +386,7 @@ impl Loader<'_> {
                     None => "as given".to_string(),
                 };
                 return Err(format!(
-                    "a {other} row in a file of {format} rows ({origin})"
+                    "a row in {other} format in a file of {format} rows ({origin})"
                 ));
             }
             (Some((format, _)), None) => {
@@ -869,7 +869,7 @@ mod tests {
         );
         assert_eq!(
             reasons[3],
-            "a sharegpt row in a file of alpaca rows (detected at line 1)"
+            "a row in sharegpt format in a file of alpaca rows (detected at line 1)"
         );
         assert_eq!(reasons[4], "a row must be a JSON object, not an array");
     }
@@ -883,7 +883,7 @@ mod tests {
         assert_eq!(ds.bad_rows[0].reason, "missing field `output`");
         assert_eq!(
             ds.bad_rows[1].reason,
-            "a alpaca row in a file of text rows (detected at line 2)"
+            "a row in alpaca format in a file of text rows (detected at line 2)"
         );
     }
 
@@ -951,7 +951,7 @@ mod tests {
             (r#"{"input_ids": []}"#, "empty `input_ids`"),
             (
                 r#"{"text": "x"}"#,
-                "a text row in a file of tokenized rows (as given)",
+                "a row in text format in a file of tokenized rows (as given)",
             ),
             (
                 r#"{"ids": [1]}"#,
