@@ -622,23 +622,14 @@ fn kind(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::tokenizer::gguf::bytes_to_unicode;
     use crate::io::gguf::GgufTokenizer;
 
     /// A byte-level BPE with one token per byte (its one merge, two spaces, occurs in no test
     /// text) whose special tokens are ChatML's: `<|im_start|>` = 0, `<|im_end|>` = 1 (eos).
     fn byte_tokenizer() -> Tokenizer {
         let mut tokens = vec!["<|im_start|>".to_string(), "<|im_end|>".to_string()];
-        let mut next = 256u32;
-        for b in 0..=255u8 {
-            let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-            let c = if printable {
-                u32::from(b)
-            } else {
-                next += 1;
-                next - 1
-            };
-            tokens.push(char::from_u32(c).unwrap().to_string());
-        }
+        tokens.extend(bytes_to_unicode().iter().map(char::to_string));
         tokens.push("ĠĠ".to_string());
         let mut types = vec![3, 3];
         types.resize(tokens.len(), 1);
