@@ -91,7 +91,7 @@ pub(super) fn build(gguf: &GgufTokenizer, path: &Path) -> Result<tokenizers::Tok
 // ---------------------------------------------------------------------------------------------
 
 /// GPT-2's byte -> printable char table (`bytes_to_unicode` in GPT-2's `encoder.py`).
-pub(super) fn bytes_to_unicode() -> [char; 256] {
+pub(crate) fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next = 256u32;
     for b in 0..=255u8 {
