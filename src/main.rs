@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fine-tune a LoRA adapter on a 4-bit model (no arguments: the quickstart).
+    Train(Box<wgtune::cli::train::TrainArgs>),
     /// Quantize a safetensors checkpoint to bitsandbytes NF4/FP4 (loadable by transformers).
     Quantize(wgtune::cli::quantize::QuantizeArgs),
     /// Mean next-token loss and perplexity of a model over a JSONL dataset.
@@ -29,6 +31,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
+        Command::Train(args) => wgtune::cli::train::run(*args),
         Command::Quantize(args) => wgtune::cli::quantize::run(args),
         Command::Eval(args) => wgtune::cli::eval::run(args),
         Command::Generate(args) => wgtune::cli::generate::run(args),

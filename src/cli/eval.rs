@@ -18,9 +18,6 @@ use crate::eval::{evaluate, read_jsonl};
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A PEFT LoRA adapter directory to apply (not yet supported).
-    #[arg(long)]
-    pub adapter: Option<PathBuf>,
     /// JSONL rows `{"text": ..}` or `{"input_ids": [..], "labels": [..]}` (labels optional,
     /// -100 masks a position).
     #[arg(long)]
@@ -35,12 +32,6 @@ pub struct EvalArgs {
 
 /// Runs `wgtune eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
-    if let Some(dir) = &args.adapter {
-        bail!(
-            "--adapter {}: adapters arrive with the training issue; evaluate the base model for now",
-            dir.display()
-        );
-    }
     if args.max_len.is_some_and(|n| n < 2) {
         bail!("--max-len must be at least 2 (one token predicts the next)");
     }

@@ -8,3 +8,5 @@ pub mod generate;
 pub mod info;
 pub mod model_args;
 pub mod quantize;
+pub mod quickstart;
+pub mod train;

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::device::{self, DeviceChoice, Selected};
 use crate::io::model_cache::default_model_path;
+use crate::peft::AdapterFile;
 use crate::pretrained::Pretrained;
 use crate::quant::{QuantConfig, QuantError, QuantFormat};
 
@@ -89,6 +90,10 @@ pub struct ModelArgs {
     /// Where to run: `auto` (a GPU through wgpu, else the CPU backend), `wgpu` or `cpu`.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// A PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`) to
+    /// apply on top of the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -107,8 +112,14 @@ impl ModelArgs {
         let selected = device::select(self.device);
         eprintln!("device: {}", selected.description);
         let start = Instant::now();
-        let pretrained = Pretrained::load(&path, quant, &selected.device)
+        let mut pretrained = Pretrained::load(&path, quant, &selected.device)
             .with_context(|| format!("loading {}", path.display()))?;
+        if let Some(dir) = &self.adapter {
+            AdapterFile::read(dir)
+                .and_then(|a| a.apply(&mut pretrained.model))
+                .with_context(|| format!("applying adapter {}", dir.display()))?;
+            eprintln!("adapter: {}", dir.display());
+        }
         eprintln!(
             "model: {} ({} weights) loaded in {:.1} s",
             path.display(),

@@ -1,7 +1,7 @@
 //! The reference implementation in plain burn tensor ops: the oracle of every kernel test, the
 //! CPU path, and the fallback for runtimes without WGSL. Autodiff comes from burn.
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use super::weight::QWeight;
 
@@ -50,6 +50,13 @@ pub fn block_absmax(w: &QWeight) -> Tensor<1> {
 
 /// `dequant(W)` as `[out_features, in_features]`.
 pub fn dequantize(w: &QWeight) -> Tensor<2> {
+    if let Some(q) = &w.host {
+        let l = &w.layout;
+        return Tensor::from_data(
+            TensorData::new(q.dequantize(), [l.out_features, l.in_features]),
+            &w.packed.device(),
+        );
+    }
     let l = &w.layout;
     let numel = l.numel();
     let codes = unpack(w.packed.clone(), &NIBBLE_SHIFTS, 15).slice(0..numel);
@@ -60,12 +67,25 @@ pub fn dequantize(w: &QWeight) -> Tensor<2> {
 
 /// `Y = X * dequant(W)^T` over the last dimension.
 pub fn qmatmul<const D: usize>(x: Tensor<D>, w: &QWeight) -> Tensor<D> {
+    if let Some(q) = &w.host {
+        // dequant(W)ᵀ `[in, out]` built on the host, contiguous, then one 2-D matmul.
+        let l = &w.layout;
+        let wt = crate::model::linear::transpose(&q.dequantize(), l.out_features, l.in_features);
+        let wt = Tensor::<2>::from_data(
+            TensorData::new(wt, [l.in_features, l.out_features]),
+            &x.device(),
+        );
+        return matmul_last(x, wt);
+    }
     let wt = dequantize(w).transpose().unsqueeze::<D>();
     x.matmul(wt)
 }
 
 /// `dX = dY * dequant(W)` over the last dimension.
 pub fn qmatmul_t<const D: usize>(dy: Tensor<D>, w: &QWeight) -> Tensor<D> {
+    if w.host.is_some() {
+        return matmul_last(dy, dequantize(w));
+    }
     dy.matmul(dequantize(w).unsqueeze::<D>())
 }
 
@@ -80,4 +100,14 @@ pub fn lora_matmul(
     let lhs = if trans_lhs { lhs.transpose() } else { lhs };
     let rhs = if trans_rhs { rhs.transpose() } else { rhs };
     lhs.matmul(rhs) * alpha
+}
+
+/// `x·m` over the last dimension of `x` as one 2-D matmul (`[.., k]·[k, n] -> [.., n]`).
+fn matmul_last<const D: usize>(x: Tensor<D>, m: Tensor<2>) -> Tensor<D> {
+    let dims = x.dims();
+    let [k, n] = m.dims();
+    let rows = dims.iter().product::<usize>() / k.max(1);
+    let mut out = dims;
+    out[D - 1] = n;
+    x.reshape([rows, k]).matmul(m).reshape(out)
 }

@@ -1,5 +1,7 @@
 //! A 4-bit weight on the device, as the kernels and the reference read it.
 
+use std::sync::Arc;
+
 use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 
 use super::layout::QLayout;
@@ -43,6 +45,10 @@ pub struct QWeight {
     pub(crate) scales: Tensor<1>,
     pub(crate) tables: Tensor<1>,
     pub(crate) path: OpsPath,
+    /// The packed weight on the host, kept for the reference path: it dequantizes natively
+    /// (one pass over the nibbles, straight into the transposed layout its matmul wants)
+    /// instead of through a dozen elementwise tensor ops.
+    pub(crate) host: Option<Arc<QuantizedTensor>>,
 }
 
 fn words_le(bytes: &[u8]) -> Vec<i32> {
@@ -120,6 +126,7 @@ impl QWeight {
             scales: float_tensor(scales, device),
             tables: float_tensor(tables, device),
             path: OpsPath::for_device(device),
+            host: (OpsPath::for_device(device) == OpsPath::Reference).then(|| Arc::new(q.clone())),
         }
     }
 

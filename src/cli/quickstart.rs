@@ -1,0 +1,253 @@
+//! The quickstart, `wgtune train` with no arguments: fine-tune the default model
+//! (SmolLM2-135M-Instruct, NF4) on the project's date-normalization set (`data/quickstart`,
+//! built into the binary), then print the held-out exact-match score before and after, side
+//! by side.
+//!
+//! The skill: "March 5, 2021" / "Fri, 5 Mar 2021" / "2021, March 5" ... -> `2021-03-05`. The base
+//! model gets about 7% of the held-out rows right. Scoring: the first line of the greedy answer,
+//! trimmed, must equal the expected date.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+
+use crate::data::template::{ChatTemplate, Message};
+use crate::data::tokenizer::Tokenizer;
+use crate::device::{self, DeviceChoice};
+use crate::generate::{GenerateOptions, generate};
+use crate::io::model_cache::default_model_path;
+use crate::model::Llama;
+use crate::pretrained::Pretrained;
+use crate::quant::QuantConfig;
+use crate::train::{ScheduleKind, TrainConfig};
+
+/// The training rows (Alpaca JSONL).
+pub const TRAIN_JSONL: &str = include_str!("../../data/quickstart/train.jsonl");
+/// The held-out rows (Alpaca JSONL), never trained on.
+pub const HELDOUT_JSONL: &str = include_str!("../../data/quickstart/heldout.jsonl");
+
+/// Settings of the quickstart.
+#[derive(Clone, Debug)]
+pub struct QuickstartOptions {
+    /// Output directory.
+    pub out: PathBuf,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Held-out rows scored (at most 60).
+    pub score_rows: usize,
+    /// `auto`, `wgpu` or `cpu`.
+    pub device: String,
+}
+
+impl Default for QuickstartOptions {
+    fn default() -> Self {
+        QuickstartOptions {
+            out: PathBuf::from("wgtune-quickstart"),
+            steps: 100,
+            score_rows: 60,
+            device: "auto".to_string(),
+        }
+    }
+}
+
+/// One held-out row.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Row {
+    /// The instruction.
+    pub instruction: String,
+    /// The date to convert.
+    pub input: String,
+    /// The expected ISO date.
+    pub output: String,
+}
+
+impl Row {
+    /// The user message the model sees.
+    pub fn prompt(&self) -> String {
+        format!("{}\n\n{}", self.instruction, self.input)
+    }
+}
+
+/// The held-out rows.
+pub fn heldout() -> Vec<Row> {
+    HELDOUT_JSONL
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("the built-in held-out set parses"))
+        .collect()
+}
+
+/// Exact match of the answer's first line, trimmed.
+pub fn is_correct(answer: &str, expected: &str) -> bool {
+    answer.lines().next().unwrap_or("").trim() == expected.trim()
+}
+
+/// Greedy answers of `model` to `rows` (chat template, stop at end of turn), with a bar.
+pub fn answers(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    rows: &[Row],
+    label: &str,
+) -> Result<Vec<String>> {
+    let mut stop: Vec<u32> = tokenizer.eos_id().into_iter().collect();
+    stop.extend(tokenizer.token_id(template.end_of_turn()));
+    let opts = GenerateOptions {
+        max_new_tokens: 16,
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+        stop_ids: stop,
+    };
+    let bar = ProgressBar::new(rows.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {pos}/{len} [{bar:30}] {per_sec} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let text = template.render(&[Message::new("user", row.prompt())], true)?;
+        let ids = tokenizer.encode(&text, false)?;
+        let g = generate(model, tokenizer, &ids, &opts, |_| {})?;
+        out.push(tokenizer.decode(&g.ids, true)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// Runs the quickstart.
+pub fn run(opts: &QuickstartOptions) -> Result<()> {
+    eprintln!(
+        "wgtune quickstart: teach SmolLM2-135M-Instruct to write dates as YYYY-MM-DD with QLoRA \
+         (NF4 base, LoRA r 16 on all linear layers), then score {} held-out dates before and after.",
+        opts.score_rows
+    );
+    let data = opts.out.join("data");
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let train_path = data.join("train.jsonl");
+    let heldout_path = data.join("heldout.jsonl");
+    write(&train_path, TRAIN_JSONL)?;
+    write(&heldout_path, HELDOUT_JSONL)?;
+    let rows: Vec<Row> = heldout().into_iter().take(opts.score_rows).collect();
+
+    // Before: the base model (the fresh adapter is zero, so this is also step 0).
+    let model_path = default_model_path()?;
+    let selected = device::select(opts.device.parse::<DeviceChoice>()?);
+    let base = Pretrained::load(&model_path, Some(QuantConfig::default()), &selected.device)
+        .with_context(|| format!("loading {}", model_path.display()))?;
+    let tokenizer = base.tokenizer()?.clone();
+    let start = Instant::now();
+    let before = answers(
+        &base.model,
+        &tokenizer,
+        &base.template,
+        &rows,
+        "scoring the base model",
+    )?;
+    eprintln!(
+        "scored the base model in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    let template_source = base.template;
+    drop(base.model);
+
+    let cfg = TrainConfig {
+        data: Some(train_path),
+        eval_data: Some(heldout_path),
+        out: opts.out.clone(),
+        steps: Some(opts.steps),
+        lr: 1e-3,
+        schedule: ScheduleKind::Cosine,
+        warmup_ratio: 0.05,
+        batch_size: 8,
+        max_len: 128,
+        eval_every: 25,
+        save_every: 50,
+        device: opts.device.clone(),
+        ..TrainConfig::default()
+    };
+    let outcome = super::train::train(&cfg, None, true)?;
+    let mut model = outcome.model;
+    model = model.no_grad();
+    let after = answers(
+        &model,
+        &tokenizer,
+        &template_source,
+        &rows,
+        "scoring the tuned model",
+    )?;
+    report(&rows, &before, &after, &opts.out);
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Prints a few rows and both scores side by side.
+fn report(rows: &[Row], before: &[String], after: &[String], out: &Path) {
+    let first = |s: &str| s.lines().next().unwrap_or("").trim().to_string();
+    let clip = |s: String, n: usize| {
+        if s.chars().count() > n {
+            format!("{}…", s.chars().take(n - 1).collect::<String>())
+        } else {
+            s
+        }
+    };
+    println!();
+    println!(
+        "{:<26} {:<12} {:<28} {:<28}",
+        "held-out input", "expected", "before", "after"
+    );
+    for i in 0..rows.len().min(8) {
+        println!(
+            "{:<26} {:<12} {:<28} {:<28}",
+            clip(rows[i].input.clone(), 26),
+            rows[i].output,
+            clip(first(&before[i]), 28),
+            clip(first(&after[i]), 28)
+        );
+    }
+    let score = |answers: &[String]| {
+        answers
+            .iter()
+            .zip(rows)
+            .filter(|(a, r)| is_correct(a, &r.output))
+            .count()
+    };
+    let (b, a, n) = (score(before), score(after), rows.len());
+    println!();
+    println!(
+        "exact match on {n} held-out dates:  before {b}/{n} ({:.0}%)   after {a}/{n} ({:.0}%)",
+        100.0 * b as f64 / n as f64,
+        100.0 * a as f64 / n as f64
+    );
+    println!(
+        "adapter: {}   chat with it: wgtune chat --adapter {}",
+        out.display(),
+        out.display()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_data_and_scoring() {
+        let rows = heldout();
+        assert_eq!(rows.len(), 60);
+        assert!(TRAIN_JSONL.lines().count() >= 300);
+        assert!(is_correct("2021-03-05\nmore", "2021-03-05"));
+        assert!(is_correct("  2021-03-05 ", "2021-03-05"));
+        assert!(!is_correct("The date is 2021-03-05", "2021-03-05"));
+    }
+}

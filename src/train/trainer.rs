@@ -1,0 +1,486 @@
+//! The training loop: micro-batches in a seeded, length-grouped order, gradient accumulation,
+//! clipping, AdamW under a schedule, evals, checkpoints, `metrics.jsonl`, and stopping cleanly
+//! on request (Ctrl-C) with a checkpoint.
+//!
+//! The data position is `(epoch, batch in epoch)`; epoch `e`'s batch order is
+//! `epoch_batches(lengths, batch_size, seed, e)`, so a resumed run sees the same batches.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::checkpoint::{self, CheckpointError, TrainState};
+use super::metrics::{EvalMetrics, MetricsLine, MetricsLog, StepMetrics, mem_bytes};
+use super::optim::{AdamW, AdamWConfig, clip_global_norm};
+use super::schedule::{Schedule, ScheduleKind};
+use super::step::{DeviceBatch, micro_step, mix_seed, param_values, params_mut};
+use crate::data::batch::{collate, epoch_batches};
+use crate::eval::Example;
+use crate::model::{Llama, causal_lm_loss_sum};
+use crate::peft::{self, AdapterError, LoraConfig};
+
+/// How to train (the data and the model come separately).
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// AdamW β, ε, weight decay.
+    pub adamw: AdamWConfig,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Schedule after warmup.
+    pub schedule: ScheduleKind,
+    /// Warmup updates (see [`TrainOptions::warmup_ratio`]).
+    pub warmup_steps: Option<u64>,
+    /// Warmup as a fraction of the run when `warmup_steps` is `None`.
+    pub warmup_ratio: f64,
+    /// Global gradient-norm clip (`<= 0`: none).
+    pub max_grad_norm: f64,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per update.
+    pub grad_accum: usize,
+    /// Updates; `None`: `epochs` passes over the data.
+    pub steps: Option<u64>,
+    /// Passes over the data when `steps` is `None`.
+    pub epochs: u64,
+    /// Seed of data order and dropout.
+    pub seed: u64,
+    /// Eval every N updates (0: at the end only).
+    pub eval_every: u64,
+    /// Checkpoint every N updates (0: at the end and when stopped only).
+    pub save_every: u64,
+    /// Checkpoints kept.
+    pub save_total_limit: usize,
+    /// Per-layer activation checkpointing.
+    pub activation_checkpointing: bool,
+    /// Id used to pad batches.
+    pub pad_id: i64,
+    /// Output directory for `metrics.jsonl` and checkpoints (`None`: nothing written).
+    pub out: Option<PathBuf>,
+    /// `base_model_name_or_path` for saved adapters.
+    pub base_model: String,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            adamw: AdamWConfig::default(),
+            lr: 2e-4,
+            schedule: ScheduleKind::Cosine,
+            warmup_steps: None,
+            warmup_ratio: 0.03,
+            max_grad_norm: 1.0,
+            batch_size: 4,
+            grad_accum: 1,
+            steps: None,
+            epochs: 1,
+            seed: 42,
+            eval_every: 0,
+            save_every: 0,
+            save_total_limit: 3,
+            activation_checkpointing: true,
+            pad_id: 0,
+            out: None,
+            base_model: String::new(),
+        }
+    }
+}
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Checkpoint I/O.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Adapter I/O.
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+    /// `metrics.jsonl`.
+    #[error("{path}: {source}")]
+    Metrics {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Nothing to train on, or settings that cannot work.
+    #[error("{0}")]
+    Invalid(String),
+    /// The loss stopped being a number.
+    #[error(
+        "step {step}: the loss is {loss} (diverged); lower --lr or set --max-grad-norm, \
+         and resume from the last checkpoint"
+    )]
+    Diverged {
+        /// The step.
+        step: u64,
+        /// The value.
+        loss: f64,
+    },
+}
+
+/// What the loop reports while it runs.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// An update finished.
+    Step(StepMetrics),
+    /// An eval finished.
+    Eval(EvalMetrics),
+    /// A checkpoint was written.
+    Checkpoint(PathBuf),
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunEnd {
+    /// Every planned step done.
+    Finished,
+    /// Stopped on request after this many steps; a checkpoint holds the state.
+    Stopped(u64),
+}
+
+/// A model with adapters, its data and optimizer, and where the run stands.
+pub struct Trainer {
+    model: Llama,
+    lora: LoraConfig,
+    train: Vec<Example>,
+    eval: Vec<Example>,
+    opts: TrainOptions,
+    opt: AdamW,
+    names: Vec<String>,
+    state: TrainState,
+    schedule: Schedule,
+}
+
+impl Trainer {
+    /// A trainer for `model` (on an autodiff device, adapters attached and described by
+    /// `lora`), starting at step 0.
+    pub fn new(
+        mut model: Llama,
+        lora: LoraConfig,
+        train: Vec<Example>,
+        eval: Vec<Example>,
+        opts: TrainOptions,
+    ) -> Result<Self, TrainError> {
+        if train.is_empty() {
+            return Err(TrainError::Invalid("no training examples".to_string()));
+        }
+        if !model.embed_tokens.device().is_autodiff() {
+            return Err(TrainError::Invalid(
+                "the model must be loaded on an autodiff device to train".to_string(),
+            ));
+        }
+        peft::set_dropout_active(&mut model, true);
+        let params = param_values(&model);
+        if params.is_empty() {
+            return Err(TrainError::Invalid(
+                "the model has no adapters to train".to_string(),
+            ));
+        }
+        let names = params.iter().map(|(n, _)| n.clone()).collect();
+        let values: Vec<Tensor<2>> = params.into_iter().map(|(_, t)| t.inner()).collect();
+        let opt = AdamW::new(opts.adamw, &values);
+        let per_epoch =
+            (train.len().div_ceil(opts.batch_size.max(1))).div_ceil(opts.grad_accum.max(1)) as u64;
+        let total = opts.steps.unwrap_or(per_epoch * opts.epochs.max(1)).max(1);
+        let warmup = opts
+            .warmup_steps
+            .unwrap_or_else(|| (opts.warmup_ratio * total as f64).ceil() as u64);
+        let schedule = Schedule {
+            lr: opts.lr,
+            kind: opts.schedule,
+            warmup,
+            total,
+        };
+        let state = TrainState {
+            step: 0,
+            total_steps: total,
+            epoch: 0,
+            batch_in_epoch: 0,
+            tokens: 0,
+            elapsed_s: 0.0,
+            seed: opts.seed,
+            train_examples: train.len(),
+        };
+        Ok(Trainer {
+            model,
+            lora,
+            train,
+            eval,
+            opts,
+            opt,
+            names,
+            state,
+            schedule,
+        })
+    }
+
+    /// The model (adapters as trained so far).
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// The model, for generation after training (dropout off).
+    pub fn into_model(self) -> Llama {
+        let mut model = self.model;
+        peft::set_dropout_active(&mut model, false);
+        model
+    }
+
+    /// Where the run stands.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// Continues from checkpoint `dir`: adapter, optimizer moments, step, data position.
+    pub fn resume(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let state = checkpoint::read_state(dir)?;
+        if state.train_examples != self.train.len() || state.seed != self.opts.seed {
+            return Err(CheckpointError::Invalid {
+                path: dir.join(checkpoint::STATE_FILE),
+                reason: format!(
+                    "saved by a run with {} training examples and seed {}, this one has {} and \
+                     seed {}; resume with the same data and settings",
+                    state.train_examples,
+                    state.seed,
+                    self.train.len(),
+                    self.opts.seed
+                ),
+            }
+            .into());
+        }
+        peft::AdapterFile::read(dir)?.apply(&mut self.model)?;
+        peft::set_dropout_active(&mut self.model, true);
+        let params = param_values(&self.model);
+        let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+        if names != self.names {
+            return Err(CheckpointError::Invalid {
+                path: dir.to_path_buf(),
+                reason: "the checkpoint's adapter covers other modules than this run's".to_string(),
+            }
+            .into());
+        }
+        let shapes: Vec<[usize; 2]> = params.iter().map(|(_, t)| t.dims()).collect();
+        let device = self.model.embed_tokens.device().inner();
+        let (m, v) = checkpoint::read_moments(dir, &names, &shapes, &device)?;
+        self.opt.m = m;
+        self.opt.v = v;
+        self.opt.step = state.step;
+        self.schedule.total = state.total_steps;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Mean loss over every target token of the eval set (`None` without one).
+    pub fn evaluate(&self) -> Option<f64> {
+        if self.eval.is_empty() {
+            return None;
+        }
+        let mut model = self.model.clone().no_grad();
+        peft::set_dropout_active(&mut model, false);
+        let device = model.embed_tokens.device();
+        let (mut sum, mut count) = (0f64, 0f64);
+        for chunk in self.eval.chunks(self.opts.batch_size.max(1)) {
+            let refs: Vec<&Example> = chunk.iter().collect();
+            let b = collate(&refs, self.opts.pad_id);
+            if b.targets == 0 || b.seq < 2 {
+                continue;
+            }
+            let db = device_batch(&b.input_ids, &b.labels, [b.batch, b.seq], &device);
+            let (s, n) = causal_lm_loss_sum(model.forward(db.input_ids, None), db.labels);
+            sum += f64::from(s.inner().into_scalar::<f32>());
+            count += f64::from(n.inner().into_scalar::<f32>());
+        }
+        (count > 0.0).then(|| sum / count)
+    }
+
+    /// Runs until every planned step is done or `stop` is set (checked between updates; a
+    /// checkpoint is then written). `on_event` sees every step, eval and checkpoint.
+    pub fn run(
+        &mut self,
+        stop: Option<&AtomicBool>,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<RunEnd, TrainError> {
+        let mut log = match &self.opts.out {
+            Some(out) => {
+                let path = out.join("metrics.jsonl");
+                Some(
+                    MetricsLog::open(&path, self.state.step)
+                        .map_err(|source| TrainError::Metrics { path, source })?,
+                )
+            }
+            None => None,
+        };
+        let mut emit = |event: Event, log: &mut Option<MetricsLog>| -> Result<(), TrainError> {
+            let line = match &event {
+                Event::Step(m) => Some(MetricsLine::Step(m.clone())),
+                Event::Eval(m) => Some(MetricsLine::Eval(m.clone())),
+                Event::Checkpoint(_) => None,
+            };
+            if let (Some(log), Some(line)) = (log.as_mut(), line) {
+                log.write(&line).map_err(|source| TrainError::Metrics {
+                    path: log.path().to_path_buf(),
+                    source,
+                })?;
+            }
+            on_event(&event);
+            Ok(())
+        };
+        let lengths: Vec<usize> = self.train.iter().map(|e| e.input_ids.len()).collect();
+        let mut batches = epoch_batches(
+            &lengths,
+            self.opts.batch_size,
+            self.opts.seed,
+            self.state.epoch,
+        );
+        let device = self.model.embed_tokens.device();
+        while self.state.step < self.state.total_steps {
+            if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                let path = self.save_checkpoint()?;
+                emit(Event::Checkpoint(path), &mut log)?;
+                return Ok(RunEnd::Stopped(self.state.step));
+            }
+            let started = Instant::now();
+            // The step's micro-batches, and its target count (the loss's denominator).
+            let mut micro = Vec::with_capacity(self.opts.grad_accum.max(1));
+            for _ in 0..self.opts.grad_accum.max(1) {
+                if self.state.batch_in_epoch >= batches.len() {
+                    self.state.epoch += 1;
+                    self.state.batch_in_epoch = 0;
+                    batches = epoch_batches(
+                        &lengths,
+                        self.opts.batch_size,
+                        self.opts.seed,
+                        self.state.epoch,
+                    );
+                }
+                let idx = &batches[self.state.batch_in_epoch];
+                self.state.batch_in_epoch += 1;
+                let refs: Vec<&Example> = idx.iter().map(|&i| &self.train[i]).collect();
+                let tokens: usize = refs.iter().map(|e| e.input_ids.len()).sum();
+                micro.push((collate(&refs, self.opts.pad_id), tokens));
+            }
+            let denom: usize = micro.iter().map(|(b, _)| b.targets).sum();
+            let step_tokens: usize = micro.iter().map(|(_, t)| t).sum();
+            let mut loss_sum = 0f64;
+            let mut grads: Option<Vec<Tensor<2>>> = None;
+            for (k, (b, _)) in micro.iter().enumerate() {
+                if b.targets == 0 || b.seq < 2 {
+                    continue;
+                }
+                let db = device_batch(&b.input_ids, &b.labels, [b.batch, b.seq], &device);
+                let seed = mix_seed(self.opts.seed, self.state.step, k as u64);
+                let out = micro_step(
+                    &self.model,
+                    &db,
+                    denom as f64,
+                    self.opts.activation_checkpointing,
+                    seed,
+                );
+                loss_sum += out.loss_sum;
+                grads = Some(match grads {
+                    None => out.grads,
+                    Some(acc) => acc.into_iter().zip(out.grads).map(|(a, g)| a + g).collect(),
+                });
+            }
+            let Some(mut grads) = grads else {
+                return Err(TrainError::Invalid(format!(
+                    "step {}: no target tokens in the step's batches",
+                    self.state.step + 1
+                )));
+            };
+            let loss = loss_sum / denom as f64;
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged {
+                    step: self.state.step + 1,
+                    loss,
+                });
+            }
+            let grad_norm = clip_global_norm(&mut grads, self.opts.max_grad_norm);
+            let lr = self.schedule.lr_at(self.state.step);
+            let values: Vec<Tensor<2>> = param_values(&self.model)
+                .into_iter()
+                .map(|(_, t)| t.inner())
+                .collect();
+            let new = self.opt.step(values, &grads, lr);
+            for ((_, p), v) in params_mut(&mut self.model).into_iter().zip(new) {
+                *p = Param::from_tensor(v.autodiff());
+            }
+            self.state.step += 1;
+            self.state.tokens += step_tokens as u64;
+            let secs = started.elapsed().as_secs_f64();
+            self.state.elapsed_s += secs;
+            let metrics = StepMetrics {
+                step: self.state.step,
+                loss,
+                lr,
+                grad_norm,
+                tokens: self.state.tokens,
+                tokens_per_s: step_tokens as f64 / secs.max(1e-9),
+                elapsed_s: self.state.elapsed_s,
+                mem_bytes: mem_bytes(&device),
+            };
+            emit(Event::Step(metrics), &mut log)?;
+            let last = self.state.step == self.state.total_steps;
+            let eval_now = if self.opts.eval_every > 0 {
+                self.state.step % self.opts.eval_every == 0 || last
+            } else {
+                last
+            };
+            if eval_now && let Some(eval_loss) = self.evaluate() {
+                emit(
+                    Event::Eval(EvalMetrics {
+                        step: self.state.step,
+                        eval_loss,
+                    }),
+                    &mut log,
+                )?;
+            }
+            let save_now =
+                last || (self.opts.save_every > 0 && self.state.step % self.opts.save_every == 0);
+            if save_now && self.opts.out.is_some() {
+                let path = self.save_checkpoint()?;
+                emit(Event::Checkpoint(path), &mut log)?;
+            }
+        }
+        Ok(RunEnd::Finished)
+    }
+
+    /// Writes a checkpoint of the current state under `out/checkpoints` (no-op without `out`).
+    pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        let Some(out) = &self.opts.out else {
+            return Err(TrainError::Invalid("no output directory".to_string()));
+        };
+        let model = &self.model;
+        let (lora, base) = (&self.lora, &self.opts.base_model);
+        Ok(checkpoint::save(
+            out,
+            &self.state,
+            &self.names,
+            (&self.opt.m, &self.opt.v),
+            self.opts.save_total_limit,
+            |dir| peft::adapter_dir::save(model, lora, base, dir),
+        )?)
+    }
+
+    /// Writes the adapter as a PEFT directory.
+    pub fn save_adapter(&self, dir: &Path) -> Result<(), TrainError> {
+        Ok(peft::adapter_dir::save(
+            &self.model,
+            &self.lora,
+            &self.opts.base_model,
+            dir,
+        )?)
+    }
+}
+
+/// Host ids/labels -> a [`DeviceBatch`].
+fn device_batch(ids: &[i64], labels: &[i64], shape: [usize; 2], device: &Device) -> DeviceBatch {
+    let t = |v: &[i64]| Tensor::<2, Int>::from_data(TensorData::new(v.to_vec(), shape), device);
+    DeviceBatch {
+        input_ids: t(ids),
+        labels: t(labels),
+    }
+}
