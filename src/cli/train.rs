@@ -30,6 +30,9 @@ use crate::train::{
     AdamWConfig, Event, RunEnd, ScheduleKind, TrainConfig, TrainOptions, Trainer, plot,
 };
 
+/// `--resume` without a value: the newest checkpoint in `--out/checkpoints`.
+const LATEST: &str = "latest";
+
 /// Arguments of `wgtune train`. Every setting is optional here: unset ones come from
 /// `--config` or the defaults.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -39,7 +42,7 @@ pub struct TrainArgs {
     pub config: Option<PathBuf>,
     /// Continue from the newest checkpoint in `--out/checkpoints` (or from the checkpoint
     /// directory given).
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, num_args = 0..=1, default_missing_value = LATEST)]
     pub resume: Option<PathBuf>,
     /// A GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct).
     #[arg(long)]
@@ -354,7 +357,8 @@ fn load_data(cfg: &TrainConfig, pre: &Pretrained) -> Result<(Vec<Example>, Vec<E
     })
 }
 
-/// The whole run for `cfg` (`resume`: `Some("")` = newest checkpoint, `Some(dir)` = that one).
+/// The whole run for `cfg` (`resume`: `Some("latest")` = newest checkpoint, `Some(dir)` = that
+/// one).
 /// `progress` draws a bar on stderr.
 pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: bool) -> Result<Outcome> {
     validate(cfg)?;
@@ -431,7 +435,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: bool) -> Result
         .sum();
     let mut trainer = Trainer::new(pre.model, lora, train_rows, eval_rows, opts)?;
     if let Some(dir) = resume {
-        let dir = if dir.as_os_str().is_empty() {
+        let dir = if dir == Path::new(LATEST) && !dir.is_dir() {
             checkpoint::latest(&checkpoint::checkpoints_dir(&cfg.out))?
         } else {
             dir.to_path_buf()

@@ -53,7 +53,10 @@ pub fn dequantize(w: &QWeight) -> Tensor<2> {
     if let Some(q) = &w.host {
         let l = &w.layout;
         return Tensor::from_data(
-            TensorData::new(q.dequantize(), [l.out_features, l.in_features]),
+            TensorData::new(
+                crate::quant::host::dequantize_par(q),
+                [l.out_features, l.in_features],
+            ),
             &w.packed.device(),
         );
     }
@@ -70,7 +73,7 @@ pub fn qmatmul<const D: usize>(x: Tensor<D>, w: &QWeight) -> Tensor<D> {
     if let Some(q) = &w.host {
         // dequant(W)ᵀ `[in, out]` built on the host, contiguous, then one 2-D matmul.
         let l = &w.layout;
-        let wt = crate::model::linear::transpose(&q.dequantize(), l.out_features, l.in_features);
+        let wt = crate::quant::host::dequantize_transposed(q);
         let wt = Tensor::<2>::from_data(
             TensorData::new(wt, [l.in_features, l.out_features]),
             &x.device(),

@@ -10,6 +10,7 @@
 pub mod blockwise;
 pub mod codebook;
 pub mod double;
+pub mod host;
 pub mod nf4;
 pub mod tensor;
 
