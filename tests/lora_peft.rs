@@ -28,7 +28,10 @@ fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-fn read_all(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
+/// Tensors by name: shape and raw bytes.
+type Tensors = BTreeMap<String, (Vec<usize>, Vec<u8>)>;
+
+fn read_all(path: &Path) -> Tensors {
     let bytes = std::fs::read(path).expect("read fixture");
     let st = SafeTensors::deserialize(&bytes).expect("parse fixture");
     st.tensors()
@@ -55,7 +58,7 @@ struct Batch {
     labels: Vec<i64>,
 }
 
-fn batch() -> (Batch, BTreeMap<String, (Vec<usize>, Vec<u8>)>) {
+fn batch() -> (Batch, Tensors) {
     let r = read_all(&fixture("reference.safetensors"));
     let shape = [r["input_ids"].0[0], r["input_ids"].0[1]];
     let b = Batch {

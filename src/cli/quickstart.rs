@@ -15,6 +15,8 @@ use burn::module::Module;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
+use burn::tensor::{Int, Tensor, TensorData};
+
 use crate::data::template::{ChatTemplate, Message};
 use crate::data::tokenizer::Tokenizer;
 use crate::device::{self, DeviceChoice};
@@ -41,15 +43,18 @@ pub struct QuickstartOptions {
     pub score_rows: usize,
     /// `auto`, `wgpu` or `cpu`.
     pub device: String,
+    /// Examples per step.
+    pub batch_size: usize,
 }
 
 impl Default for QuickstartOptions {
     fn default() -> Self {
         QuickstartOptions {
             out: PathBuf::from("wgtune-quickstart"),
-            steps: 100,
+            steps: 30,
             score_rows: 60,
             device: "auto".to_string(),
+            batch_size: 8,
         }
     }
 }
@@ -84,6 +89,70 @@ pub fn heldout() -> Vec<Row> {
 /// Exact match of the answer's first line, trimmed.
 pub fn is_correct(answer: &str, expected: &str) -> bool {
     answer.lines().next().unwrap_or("").trim() == expected.trim()
+}
+
+/// Whether greedy decoding would answer each row exactly, decided in batched forward passes
+/// (teacher forcing) instead of token-by-token generation: greedy output starts with the
+/// expected answer iff at every answer position the argmax is the expected token given the
+/// expected prefix, and its first line ends there iff the argmax after the answer is a stop
+/// token or starts a new line. (A greedy answer spelling the same text with other tokens counts
+/// as wrong here, so the score can only be lower than by generation.)
+pub fn exact_match(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    rows: &[Row],
+) -> Result<Vec<bool>> {
+    let mut stop: Vec<u32> = tokenizer.eos_id().into_iter().collect();
+    stop.extend(tokenizer.token_id(template.end_of_turn()));
+    let device = model.embed_tokens.device();
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(8) {
+        // Prompt + expected answer, and where the answer starts.
+        let mut seqs = Vec::new();
+        for row in chunk {
+            let prompt = template.render(&[Message::new("user", row.prompt())], true)?;
+            let p = tokenizer.encode(&prompt, false)?;
+            let full = tokenizer.encode(&format!("{prompt}{}", row.output), false)?;
+            let (ids, start) = if full.starts_with(&p) {
+                (full, p.len())
+            } else {
+                let mut ids = p.clone();
+                ids.extend(tokenizer.encode(&row.output, false)?);
+                (ids, p.len())
+            };
+            seqs.push((ids, start));
+        }
+        let s = seqs.iter().map(|(ids, _)| ids.len()).max().unwrap_or(1);
+        let pad = stop.first().copied().unwrap_or(0);
+        let flat: Vec<i64> = seqs
+            .iter()
+            .flat_map(|(ids, _)| {
+                let mut row: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+                row.resize(s, i64::from(pad));
+                row
+            })
+            .collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [chunk.len(), s]), &device);
+        let argmax = model.forward(ids, None).argmax(2); // [b, s, 1]
+        let pred: Vec<i64> = argmax
+            .inner()
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .map_err(|e| anyhow::anyhow!("reading predictions: {e:?}"))?;
+        for (b, (ids, start)) in seqs.iter().enumerate() {
+            let at = |i: usize| pred[b * s + i] as u32;
+            let answer_ok = (*start..ids.len()).all(|i| at(i - 1) == ids[i]);
+            let next = at(ids.len() - 1);
+            let ends = stop.contains(&next)
+                || tokenizer
+                    .decode(&[next], false)
+                    .is_ok_and(|t| t.starts_with('\n'));
+            out.push(answer_ok && ends);
+        }
+    }
+    Ok(out)
 }
 
 /// Greedy answers of `model` to `rows` (chat template, stop at end of turn), with a bar.
@@ -144,19 +213,17 @@ pub fn run(opts: &QuickstartOptions) -> Result<()> {
     let base = Pretrained::load(&model_path, Some(QuantConfig::default()), &selected.device)
         .with_context(|| format!("loading {}", model_path.display()))?;
     let tokenizer = base.tokenizer()?.clone();
+    let shown = &rows[..rows.len().min(SHOWN)];
     let start = Instant::now();
-    let before = answers(
-        &base.model,
-        &tokenizer,
-        &base.template,
-        &rows,
-        "scoring the base model",
-    )?;
+    let before = Scores {
+        correct: exact_match(&base.model, &tokenizer, &base.template, &rows)?,
+        shown: answers(&base.model, &tokenizer, &base.template, shown, "base model")?,
+    };
     eprintln!(
         "scored the base model in {:.0} s",
         start.elapsed().as_secs_f64()
     );
-    let template_source = base.template;
+    let template = base.template;
     drop(base.model);
 
     let cfg = TrainConfig {
@@ -167,25 +234,39 @@ pub fn run(opts: &QuickstartOptions) -> Result<()> {
         lr: 1e-3,
         schedule: ScheduleKind::Cosine,
         warmup_ratio: 0.05,
-        batch_size: 8,
+        batch_size: opts.batch_size,
         max_len: 128,
-        eval_every: 25,
-        save_every: 50,
+        eval_every: 10,
+        save_every: 10,
         device: opts.device.clone(),
         ..TrainConfig::default()
     };
     let outcome = super::train::train(&cfg, None, true)?;
-    let mut model = outcome.model;
-    model = model.no_grad();
-    let after = answers(
-        &model,
-        &tokenizer,
-        &template_source,
-        &rows,
-        "scoring the tuned model",
-    )?;
+    if let crate::train::RunEnd::Stopped(step) = outcome.end {
+        eprintln!(
+            "stopped after step {step}; the checkpoint is in {}",
+            opts.out.display()
+        );
+        std::process::exit(130);
+    }
+    let model = outcome.model.no_grad();
+    let after = Scores {
+        correct: exact_match(&model, &tokenizer, &template, &rows)?,
+        shown: answers(&model, &tokenizer, &template, shown, "tuned model")?,
+    };
     report(&rows, &before, &after, &opts.out);
     Ok(())
+}
+
+/// Rows shown with their generated answers.
+const SHOWN: usize = 6;
+
+/// A model's results on the held-out rows.
+struct Scores {
+    /// Exact match per row.
+    correct: Vec<bool>,
+    /// Generated answers of the first [`SHOWN`] rows.
+    shown: Vec<String>,
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -193,11 +274,11 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Prints a few rows and both scores side by side.
-fn report(rows: &[Row], before: &[String], after: &[String], out: &Path) {
+fn report(rows: &[Row], before: &Scores, after: &Scores, out: &Path) {
     let first = |s: &str| s.lines().next().unwrap_or("").trim().to_string();
     let clip = |s: String, n: usize| {
         if s.chars().count() > n {
-            format!("{}…", s.chars().take(n - 1).collect::<String>())
+            format!("{}...", s.chars().take(n - 3).collect::<String>())
         } else {
             s
         }
@@ -207,23 +288,18 @@ fn report(rows: &[Row], before: &[String], after: &[String], out: &Path) {
         "{:<26} {:<12} {:<28} {:<28}",
         "held-out input", "expected", "before", "after"
     );
-    for i in 0..rows.len().min(8) {
+    for (i, row) in rows.iter().enumerate().take(before.shown.len()) {
         println!(
             "{:<26} {:<12} {:<28} {:<28}",
-            clip(rows[i].input.clone(), 26),
-            rows[i].output,
-            clip(first(&before[i]), 28),
-            clip(first(&after[i]), 28)
+            clip(row.input.clone(), 26),
+            row.output,
+            clip(first(&before.shown[i]), 28),
+            clip(first(&after.shown[i]), 28)
         );
     }
-    let score = |answers: &[String]| {
-        answers
-            .iter()
-            .zip(rows)
-            .filter(|(a, r)| is_correct(a, &r.output))
-            .count()
-    };
-    let (b, a, n) = (score(before), score(after), rows.len());
+    let n = rows.len();
+    let count = |s: &Scores| s.correct.iter().filter(|&&c| c).count();
+    let (b, a) = (count(before), count(after));
     println!();
     println!(
         "exact match on {n} held-out dates:  before {b}/{n} ({:.0}%)   after {a}/{n} ({:.0}%)",
@@ -231,7 +307,7 @@ fn report(rows: &[Row], before: &[String], after: &[String], out: &Path) {
         100.0 * a as f64 / n as f64
     );
     println!(
-        "adapter: {}   chat with it: wgtune chat --adapter {}",
+        "adapter: {}   try it: wgtune chat --adapter {}",
         out.display(),
         out.display()
     );

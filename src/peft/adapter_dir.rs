@@ -90,7 +90,7 @@ impl AdapterFile {
         let (config, base_model) = parse_config(&text, &config_path)?;
         let weights_path = dir.join(WEIGHTS_FILE);
         let ckpt = Checkpoint::open(&weights_path)?;
-        let mut halves: BTreeMap<String, [Option<(Vec<f32>, [usize; 2])>; 2]> = BTreeMap::new();
+        let mut halves: BTreeMap<String, [Option<Half>; 2]> = BTreeMap::new();
         let names: Vec<String> = ckpt.names().map(str::to_string).collect();
         for name in names {
             let (prefix, half) = split_key(&name).ok_or_else(|| AdapterError::Mismatch {
@@ -213,6 +213,9 @@ impl AdapterFile {
         Ok(())
     }
 }
+
+/// One half of a module's adapter as read: values and shape.
+type Half = (Vec<f32>, [usize; 2]);
 
 /// `prefix.lora_A.weight` -> `(prefix, 0)`, `prefix.lora_B.weight` -> `(prefix, 1)`.
 fn split_key(name: &str) -> Option<(String, usize)> {

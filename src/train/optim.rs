@@ -163,7 +163,7 @@ mod tests {
         let mut opt = AdamW::new(cfg, std::slice::from_ref(&p));
         let g = t(&[0.5, 0.25]);
         let p1 = opt.step(vec![p], std::slice::from_ref(&g), 0.01);
-        let got = p1[0].clone().into_data().to_vec::<f32>().unwrap();
+        let got = p1[0].clone().into_data().try_to_vec::<f32>().unwrap();
         // Step 1: m̂ = g, v̂ = g², update = lr·g/(|g| + ε) = lr·sign(g).
         let want = [1.0 * (1.0 - 0.001) - 0.01, -2.0 * (1.0 - 0.001) - 0.01];
         for (a, b) in got.iter().zip(want) {
@@ -171,7 +171,7 @@ mod tests {
         }
         // Step 2 with the same gradient: m̂ = g and v̂ = g² again.
         let p2 = opt.step(p1, std::slice::from_ref(&g), 0.01);
-        let got2 = p2[0].clone().into_data().to_vec::<f32>().unwrap();
+        let got2 = p2[0].clone().into_data().try_to_vec::<f32>().unwrap();
         for (a, (b, w)) in got2.iter().zip(got.iter().zip(want)) {
             let expect = b * (1.0 - 0.001) - 0.01;
             assert!((a - expect).abs() < 1e-5, "{a} vs {expect} (from {w})");

@@ -425,7 +425,7 @@ impl Trainer {
             emit(Event::Step(metrics), &mut log)?;
             let last = self.state.step == self.state.total_steps;
             let eval_now = if self.opts.eval_every > 0 {
-                self.state.step % self.opts.eval_every == 0 || last
+                self.state.step.is_multiple_of(self.opts.eval_every) || last
             } else {
                 last
             };
@@ -438,8 +438,9 @@ impl Trainer {
                     &mut log,
                 )?;
             }
-            let save_now =
-                last || (self.opts.save_every > 0 && self.state.step % self.opts.save_every == 0);
+            let save_now = last
+                || (self.opts.save_every > 0
+                    && self.state.step.is_multiple_of(self.opts.save_every));
             if save_now && self.opts.out.is_some() {
                 let path = self.save_checkpoint()?;
                 emit(Event::Checkpoint(path), &mut log)?;
