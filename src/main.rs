@@ -26,6 +26,8 @@ enum Command {
     Chat(wgtune::cli::chat::ChatArgs),
     /// wgpu adapters of this machine, and a model's size and memory needs.
     Info(wgtune::cli::info::InfoArgs),
+    /// Fold a LoRA adapter into its base model and write a Hugging Face model directory.
+    Merge(wgtune::cli::merge::MergeArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => wgtune::cli::generate::run(args),
         Command::Chat(args) => wgtune::cli::chat::run(args),
         Command::Info(args) => wgtune::cli::info::run(args),
+        Command::Merge(args) => wgtune::cli::merge::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod example;
 pub mod generate;
 pub mod info;
+pub mod merge;
 pub mod model_args;
 pub mod quantize;
 pub mod quickstart;

@@ -278,7 +278,7 @@ pub fn quantization_config(cfg: QuantConfig) -> serde_json::Value {
 }
 
 /// `dir/.name.tmp-<pid>` next to `path`.
-fn temp_sibling(path: &Path) -> Result<PathBuf> {
+pub(crate) fn temp_sibling(path: &Path) -> Result<PathBuf> {
     let name = path
         .file_name()
         .with_context(|| format!("{}: output needs a file name", path.display()))?

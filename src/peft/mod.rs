@@ -3,6 +3,7 @@
 
 pub mod adapter_dir;
 pub mod lora;
+pub mod merge;
 
 pub use adapter_dir::{AdapterError, AdapterFile};
 pub use lora::{LoraConfig, TargetModule, adapters, attach, set_dropout_active};
