@@ -316,12 +316,12 @@ fn ctrl_c_checkpoints_and_resume_is_bit_for_bit() {
     let a = std::fs::read(full.join("adapter_model.safetensors")).unwrap();
     let b = std::fs::read(part.join("adapter_model.safetensors")).unwrap();
     assert!(a == b, "resumed adapter differs from the uninterrupted one");
-    // Eval lines at 10, 20, 30, 40; only the last 3 checkpoints kept.
+    // Eval lines at 0 (before training), 10, 20, 30, 40; only the last 3 checkpoints kept.
     let evals = metrics(&full)
         .iter()
         .filter(|m| m.get("eval_loss").is_some())
         .count();
-    assert_eq!(evals, 4);
+    assert_eq!(evals, 5);
     let kept = std::fs::read_dir(full.join("checkpoints")).unwrap().count();
     assert_eq!(kept, 3);
 }

@@ -336,6 +336,12 @@ impl Trainer {
             self.state.epoch,
         );
         let device = self.model.embed_tokens.device();
+        // The eval loss before any update, as the curve's starting point.
+        if self.state.step == 0
+            && let Some(eval_loss) = self.evaluate()
+        {
+            emit(Event::Eval(EvalMetrics { step: 0, eval_loss }), &mut log)?;
+        }
         while self.state.step < self.state.total_steps {
             if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
                 let path = self.save_checkpoint()?;
