@@ -180,6 +180,8 @@ impl Default for QstConfig {
 pub struct SideDims {
     /// The LLM's `hidden_size` `H`.
     pub hidden: usize,
+    /// The LLM's `intermediate_size` `I`.
+    pub intermediate: usize,
     /// `H' = H / reduction`.
     pub side_hidden: usize,
     /// `I' = ⌊intermediate_size / reduction⌋`.
@@ -209,7 +211,7 @@ impl QstConfig {
         if rf == 0 {
             return bad("reduction must be at least 1".into());
         }
-        if h % rf != 0 {
+        if !h.is_multiple_of(rf) {
             return bad(format!(
                 "hidden_size {h} is not divisible by the reduction factor {rf}"
             ));
@@ -217,19 +219,19 @@ impl QstConfig {
         let side = h / rf;
         let heads = llm.num_attention_heads;
         let kv = llm.num_kv_heads();
-        if heads == 0 || kv == 0 || heads % kv != 0 {
+        if heads == 0 || kv == 0 || !heads.is_multiple_of(kv) {
             return bad(format!(
                 "num_attention_heads {heads} is not a positive multiple of num_key_value_heads {kv}"
             ));
         }
-        if side % heads != 0 {
+        if !side.is_multiple_of(heads) {
             return bad(format!(
                 "the side width hidden_size/reduction = {side} is not divisible by \
                  num_attention_heads {heads}"
             ));
         }
         let d = side / heads;
-        if d % 2 != 0 {
+        if !d.is_multiple_of(2) {
             return bad(format!(
                 "the side head_dim {side}/{heads} = {d} is not even (RoPE rotates halves)"
             ));
@@ -243,6 +245,7 @@ impl QstConfig {
         }
         Ok(SideDims {
             hidden: h,
+            intermediate: llm.intermediate_size,
             side_hidden: side,
             side_intermediate: inter,
             num_heads: heads,
@@ -768,6 +771,7 @@ impl SideNetwork {
             "r": self.config.r,
             "reduction": self.config.reduction,
             "hidden_size": d.hidden,
+            "intermediate_size": d.intermediate,
             "num_layers": d.num_layers,
             "num_attention_heads": d.num_heads,
             "num_key_value_heads": d.num_kv_heads,
@@ -846,6 +850,7 @@ impl SideNetwork {
             }
         }
         for (key, want) in [
+            ("intermediate_size", llm.intermediate_size),
             ("num_attention_heads", llm.num_attention_heads),
             ("num_key_value_heads", llm.num_kv_heads()),
         ] {
