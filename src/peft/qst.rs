@@ -70,16 +70,17 @@
 //!   `qst_hidden_states = downsample[0](embeddings)` and then, in the layer loop, mixes
 //!   `downsample[idx](output of layer idx)` — so `downsample[0]` reads both the embeddings and
 //!   layer 0's output, and `downsample[L-1]` is the last one used: `L` modules for `L + 1`
-//!   inputs. The paper (and LST, whose ladder it follows) gives every tapped hidden state its own
-//!   downsample. Here: `L + 1` downsamples, `down₀` for `h₀` only and `downᵢ` for `hᵢ`. The
-//!   pairing of side layer, gate and LLM layer output is the reference's (side layer `i` and
-//!   `zᵢ` consume the output of LLM layer `i`), and `h_L` is tapped both by `down_L` and,
-//!   normed, by the output gate, as in the reference.
+//!   inputs. The evident intent is one downsample per tapped hidden state (LST, the ladder
+//!   side-tuning design QST builds on, gives the embeddings their own first downsample). Here:
+//!   `L + 1` downsamples, `down₀` for `h₀` only and `downᵢ` for `hᵢ`. The pairing of side layer,
+//!   gate and LLM layer output is the reference's (side layer `i` and `zᵢ` consume the output of
+//!   LLM layer `i`), and `h_L` is tapped both by `down_L` and, normed, by the output gate, as in
+//!   the reference.
 //! * **Dropout never fires.** `AdapterLinear` builds `nn.Identity()` when `dropout > 0` and
 //!   `nn.Dropout(p=dropout)` — i.e. `p = 0` — otherwise, so the configured `dropout=0.1` has
-//!   no effect and the paper's results were obtained without dropout. The paper's method has
-//!   none either, so this side network has no dropout (and [`QstConfig`] no dropout field);
-//!   training is deterministic given the data.
+//!   no effect: the code behind the paper's numbers trains without dropout, and the method as
+//!   specified for wgtune has none. This side network has no dropout (and [`QstConfig`] no dropout
+//!   field); training is deterministic given the data.
 //! * **An unused scaling.** `AdapterLinear` sets `self.scaling = r / alpha_r` and never applies
 //!   it (it would be 1 anyway: the reference passes `alpha_r = r`). Not applied here.
 //! * **`vocab_size + 1` in the loss reshape.** `shift_logits.view(-1, self.vocab_size + 1)`
