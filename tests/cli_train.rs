@@ -505,3 +505,91 @@ fn smollm2_chat_data_and_generate_with_the_adapter() {
     let err = ok(&o);
     assert!(err.contains("adapter:"), "{err}");
 }
+
+#[test]
+fn qst_trains_resumes_and_loads_as_an_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = random_rows(tmp.path(), 12);
+    let data = data.to_str().unwrap();
+    let model = fixture("model-f32");
+    let model = model.to_str().unwrap();
+    let args = |out: &str| -> Vec<String> {
+        [
+            "train",
+            "--method",
+            "qst",
+            "--qst-r",
+            "8",
+            "--qst-reduction",
+            "4",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--steps",
+            "12",
+            "--batch-size",
+            "4",
+            "--lr",
+            "3e-3",
+            "--save-every",
+            "4",
+            "--device",
+            "cpu",
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    let run = |a: &[String]| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        ok(&wgtune(&refs))
+    };
+    let a = tmp.path().join("a");
+    let err = run(&args(a.to_str().unwrap()));
+    assert!(err.contains("training (qst)"), "{err}");
+    assert!(a.join("qst_config.json").is_file() && a.join("qst_model.safetensors").is_file());
+    assert!(!a.join("adapter_model.safetensors").exists());
+    let losses = step_losses(&a);
+    assert_eq!(losses.len(), 12);
+    let (head, tail) = (
+        losses[..3].iter().sum::<f64>(),
+        losses[9..].iter().sum::<f64>(),
+    );
+    assert!(tail < head, "the side network does not learn: {losses:?}");
+
+    // Resume from step 8 of a copy: the same final weights, byte for byte.
+    let b = tmp.path().join("b");
+    run(&args(b.to_str().unwrap()));
+    std::fs::remove_dir_all(b.join("checkpoints/step-000012")).unwrap();
+    std::fs::remove_file(b.join("qst_model.safetensors")).unwrap();
+    let mut resume = args(b.to_str().unwrap());
+    resume.push("--resume".to_string());
+    let err = run(&resume);
+    assert!(err.contains("step 8"), "{err}");
+    assert_eq!(step_losses(&b), losses);
+    assert!(
+        std::fs::read(a.join("qst_model.safetensors")).unwrap()
+            == std::fs::read(b.join("qst_model.safetensors")).unwrap()
+    );
+
+    // eval --adapter loads it; the tuned model fits its training rows better than the base.
+    let eval = |extra: &[&str]| -> f64 {
+        let mut v = vec![
+            "eval", "--model", model, "--data", data, "--json", "--device", "cpu",
+        ];
+        v.extend_from_slice(extra);
+        let o = wgtune(&v);
+        ok(&o);
+        let j: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+        j["loss"].as_f64().unwrap()
+    };
+    let base = eval(&[]);
+    let tuned = eval(&["--adapter", a.to_str().unwrap()]);
+    assert!(
+        tuned < base,
+        "eval loss {tuned} with the side network vs {base} without"
+    );
+}

@@ -522,7 +522,7 @@ fn streaming_and_cached_forward_match() {
     let streamed = values(qst::logits(&model, &side, b.ids(&device), None));
     assert_eq!(plain, streamed);
     // Token by token through the caches: 5 tokens, then 1 at a time.
-    let mut cache = QstCache::new(&model);
+    let mut cache: QstCache = model.new_cache();
     let ids = b.ids(&device);
     let vocab = model.config.vocab_size;
     let mut got = values(qst::logits(

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use crate::device::{self, DeviceChoice, Selected};
 use crate::io::model_cache::default_model_path;
 use crate::peft::AdapterFile;
+use crate::peft::qst::SideNetwork;
 use crate::pretrained::Pretrained;
 use crate::quant::{QuantConfig, QuantError, QuantFormat};
 
@@ -90,8 +91,9 @@ pub struct ModelArgs {
     /// Where to run: `auto` (a GPU through wgpu, else the CPU backend), `wgpu` or `cpu`.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
-    /// A PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`) to
-    /// apply on top of the model.
+    /// An adapter directory to apply on top of the model: PEFT LoRA (`adapter_config.json` +
+    /// `adapter_model.safetensors`) or a QST side network (`qst_config.json` +
+    /// `qst_model.safetensors`) as `wgtune train` writes them.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
 }
@@ -115,10 +117,17 @@ impl ModelArgs {
         let mut pretrained = Pretrained::load(&path, quant, &selected.device)
             .with_context(|| format!("loading {}", path.display()))?;
         if let Some(dir) = &self.adapter {
-            AdapterFile::read(dir)
-                .and_then(|a| a.apply(&mut pretrained.model))
-                .with_context(|| format!("applying adapter {}", dir.display()))?;
-            eprintln!("adapter: {}", dir.display());
+            if dir.join(crate::peft::qst::CONFIG_FILE).is_file() {
+                let side = SideNetwork::load(dir, &pretrained.config, &selected.device)
+                    .with_context(|| format!("loading side network {}", dir.display()))?;
+                pretrained.model.side = Some(side);
+                eprintln!("adapter: {} (QST side network)", dir.display());
+            } else {
+                AdapterFile::read(dir)
+                    .and_then(|a| a.apply(&mut pretrained.model))
+                    .with_context(|| format!("applying adapter {}", dir.display()))?;
+                eprintln!("adapter: {}", dir.display());
+            }
         }
         eprintln!(
             "model: {} ({} weights) loaded in {:.1} s",

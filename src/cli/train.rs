@@ -21,6 +21,7 @@ use crate::device::{self, DeviceChoice};
 use crate::eval::Example;
 use crate::io::model_cache::default_model_path;
 use crate::model::Llama;
+use crate::peft::qst::{QstConfig, SideNetwork};
 use crate::peft::{self, AdapterFile, LoraConfig, TargetModule};
 use crate::pretrained::Pretrained;
 use crate::quant::{QuantConfig, QuantFormat};
@@ -74,6 +75,15 @@ pub struct TrainArgs {
     /// Report and skip bad rows instead of stopping.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub skip_bad_rows: Option<bool>,
+    /// lora (adapters on the projections) or qst (Quantized Side Tuning).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// QST: downsample rank.
+    #[arg(long)]
+    pub qst_r: Option<usize>,
+    /// QST: reduction factor of the side network's width.
+    #[arg(long)]
+    pub qst_reduction: Option<usize>,
     /// LoRA rank.
     #[arg(long)]
     pub lora_r: Option<usize>,
@@ -183,7 +193,8 @@ impl TrainArgs {
         let args = self;
         overlay!(cfg, args,
             opt: [model, data, eval_data, format, template, init_adapter, warmup_steps, steps],
-            val: [eval_split, out, max_len, train_on_prompt, skip_bad_rows, lora_r, lora_alpha,
+            val: [eval_split, out, max_len, train_on_prompt, skip_bad_rows, method, qst_r,
+                  qst_reduction, lora_r, lora_alpha,
                   lora_dropout, target_modules, rslora, lr, schedule, warmup_ratio, weight_decay,
                   adam_beta1, adam_beta2, adam_eps, max_grad_norm, batch_size, grad_accum, epochs,
                   seed, eval_every, save_every, save_total_limit, activation_checkpointing,
@@ -245,6 +256,11 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
     );
     ensure!(cfg.max_grad_norm >= 0.0, "--max-grad-norm must be >= 0");
     ensure!(cfg.steps != Some(0), "--steps must be at least 1");
+    ensure!(
+        cfg.method == "lora" || cfg.method == "qst",
+        "--method: unknown {:?} (lora or qst)",
+        cfg.method
+    );
     if let Some(f) = &cfg.format {
         f.parse::<DataFormat>()
             .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
@@ -380,7 +396,19 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: bool) -> Result
     );
     let (train_rows, eval_rows) = load_data(cfg, &pre)?;
     let mut lora = lora_config(cfg)?;
+    let qst = cfg.method == "qst";
     match &cfg.init_adapter {
+        Some(dir) if qst => {
+            pre.model.side = Some(SideNetwork::load(dir, &pre.config, &device)?);
+            eprintln!("side network: continuing {}", dir.display());
+        }
+        None if qst => {
+            let qcfg = QstConfig {
+                r: cfg.qst_r,
+                reduction: cfg.qst_reduction,
+            };
+            pre.model.side = Some(SideNetwork::init(&pre.config, &qcfg, cfg.seed, &device)?);
+        }
         Some(dir) => {
             let file = AdapterFile::read(dir)?;
             file.apply(&mut pre.model)?;
@@ -427,12 +455,16 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: bool) -> Result
         out: Some(cfg.out.clone()),
         base_model: model_path.display().to_string(),
     };
-    let trainable: usize = peft::adapters(&pre.model)
-        .iter()
-        .map(|(_, a)| {
-            a.a.val().dims().iter().product::<usize>() + a.b.val().dims().iter().product::<usize>()
-        })
-        .sum();
+    let trainable: usize = match &pre.model.side {
+        Some(side) => side.num_trainable(),
+        None => peft::adapters(&pre.model)
+            .iter()
+            .map(|(_, a)| {
+                a.a.val().dims().iter().product::<usize>()
+                    + a.b.val().dims().iter().product::<usize>()
+            })
+            .sum(),
+    };
     let mut trainer = Trainer::new(pre.model, lora, train_rows, eval_rows, opts)?;
     if let Some(dir) = resume {
         let dir = if dir == Path::new(LATEST) && !dir.is_dir() {
@@ -449,8 +481,8 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: bool) -> Result
     }
     let total = trainer.state().total_steps;
     eprintln!(
-        "training: {trainable} adapter parameters, {total} steps, batch {} x {} accumulation",
-        cfg.batch_size, cfg.grad_accum
+        "training ({}): {trainable} parameters, {total} steps, batch {} x {} accumulation",
+        cfg.method, cfg.batch_size, cfg.grad_accum
     );
     let stop = install_stop_flag();
     let bar = progress_bar(total, trainer.state(), progress);

@@ -29,6 +29,9 @@ pub struct LayerKv {
 pub struct KvCache {
     /// One slot per decoder layer (`None` before the first call).
     pub layers: Vec<Option<LayerKv>>,
+    /// One slot per side-network layer when the model carries a QST side network
+    /// (`crate::peft::qst`), which has its own attention; empty otherwise.
+    pub side_layers: Vec<Option<LayerKv>>,
     /// Tokens already in the cache: the position of the next token.
     pub offset: usize,
 }
@@ -38,6 +41,7 @@ impl KvCache {
     pub fn new(num_layers: usize) -> Self {
         KvCache {
             layers: vec![None; num_layers],
+            side_layers: Vec::new(),
             offset: 0,
         }
     }
@@ -50,6 +54,7 @@ impl KvCache {
     /// Forgets everything (a new sequence).
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
+        self.side_layers.clear();
         self.offset = 0;
     }
 }

@@ -75,6 +75,9 @@ pub struct Llama {
     /// RoPE frequencies.
     #[module(skip)]
     pub rope: RotaryEmbedding,
+    /// A Quantized Side Tuning side network: when present, [`Llama::forward`] mixes its output
+    /// into the LM head's input (see [`crate::peft::qst`]).
+    pub side: Option<crate::peft::qst::SideNetwork>,
 }
 
 impl Llama {
@@ -84,6 +87,9 @@ impl Llama {
     /// # Shapes
     /// `input_ids: [b, s]` -> `[b, s, v]`.
     pub fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        if let Some(side) = &self.side {
+            return crate::peft::qst::logits(self, side, input_ids, cache);
+        }
         let mut cache = cache;
         let [_, s] = input_ids.dims();
         let device = self.embed_tokens.device();

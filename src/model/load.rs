@@ -301,5 +301,6 @@ fn build<S: WeightSource>(
         lm_head_t,
         rope: RotaryEmbedding::new(d, config.rope_theta(), config.rope_scaling()?),
         config: config.clone(),
+        side: None,
     })
 }

@@ -965,36 +965,9 @@ pub fn head(model: &Llama, x: Tensor<3>) -> Tensor<3> {
         .reshape([b, s, v])
 }
 
-/// KV caches of the LLM and of the side network, for token-by-token generation with
-/// [`logits`].
-#[derive(Clone, Debug, Default)]
-pub struct QstCache {
-    /// The LLM's layers.
-    pub llm: KvCache,
-    /// The side layers.
-    pub side: KvCache,
-}
-
-impl QstCache {
-    /// Empty caches for `model` (and its side network, one layer per LLM layer).
-    pub fn new(model: &Llama) -> Self {
-        QstCache {
-            llm: model.new_cache(),
-            side: KvCache::new(model.layers.len()),
-        }
-    }
-
-    /// Tokens already cached.
-    pub fn offset(&self) -> usize {
-        self.llm.offset
-    }
-
-    /// Forgets everything.
-    pub fn clear(&mut self) {
-        self.llm.clear();
-        self.side.clear();
-    }
-}
+/// KV caches for [`logits`]: the LLM's layers in [`KvCache::layers`], the side network's in
+/// [`KvCache::side_layers`].
+pub type QstCache = KvCache;
 
 /// Next-token logits of the QST model (LLM + side network + frozen head), running LLM layer `i`
 /// and side layer `i` in turn so that each LLM hidden state lives only until the side network
@@ -1012,7 +985,7 @@ pub fn logits(
     let [_, s] = ids.dims();
     let device = model.embed_tokens.device();
     let mut cache = cache;
-    let offset = cache.as_ref().map_or(0, |c| c.offset());
+    let offset = cache.as_ref().map_or(0, |c| c.offset);
     let (cos, sin) = model.rope.cos_sin(offset, s, &device);
     let (side_cos, side_sin) = side.rope.cos_sin(offset, s, &device);
     let window_bites = model.config.sliding_window.is_some_and(|w| w < offset + s);
@@ -1020,11 +993,11 @@ pub fn logits(
         .then(|| causal_mask(s, offset, model.config.sliding_window, &device));
     if let Some(c) = cache.as_deref_mut() {
         let n = model.layers.len();
-        if c.llm.layers.len() < n {
-            c.llm.layers.resize(n, None);
+        if c.layers.len() < n {
+            c.layers.resize(n, None);
         }
-        if c.side.layers.len() < n {
-            c.side.layers.resize(n, None);
+        if c.side_layers.len() < n {
+            c.side_layers.resize(n, None);
         }
     }
     let mut h = model.embed(ids).detach(); // [b, s, H]
@@ -1032,7 +1005,7 @@ pub fn logits(
     for (i, layer) in model.layers.iter().enumerate() {
         let frozen = layer.clone().no_grad();
         let (llm_slot, side_slot) = match cache.as_deref_mut() {
-            Some(c) => (Some(&mut c.llm.layers[i]), Some(&mut c.side.layers[i])),
+            Some(c) => (Some(&mut c.layers[i]), Some(&mut c.side_layers[i])),
             None => (None, None),
         };
         h = frozen
@@ -1049,8 +1022,7 @@ pub fn logits(
         );
     }
     if let Some(c) = cache {
-        c.llm.offset += s;
-        c.side.offset += s;
+        c.offset += s;
     }
     let normed = model.norm.forward(h).detach();
     head(model, side.finish(state, normed))

@@ -1,4 +1,5 @@
-//! Checkpoints under `OUT/checkpoints/step-NNNNNN/`: the adapter (a PEFT directory), the AdamW
+//! Checkpoints under `OUT/checkpoints/step-NNNNNN/`: the adapter (a PEFT directory, or a QST
+//! side network), the AdamW
 //! moments (`optimizer.safetensors`, keys `exp_avg.<param>` / `exp_avg_sq.<param>`) and
 //! `trainer_state.json` (step, data position, seed, tokens, time). Everything a resumed run needs
 //! to repeat, bit for bit, what the uninterrupted run would have done: dropout masks and data
@@ -53,6 +54,9 @@ pub enum CheckpointError {
     /// The adapter part.
     #[error(transparent)]
     Adapter(#[from] AdapterError),
+    /// The QST side network part.
+    #[error(transparent)]
+    Qst(#[from] crate::peft::qst::QstError),
     /// `trainer_state.json` or the optimizer file is not what this run needs.
     #[error("{path}: {reason}")]
     Invalid {
@@ -111,7 +115,7 @@ pub fn save(
     names: &[String],
     (m, v): (&[Tensor<2>], &[Tensor<2>]),
     keep: usize,
-    save_adapter: impl FnOnce(&Path) -> Result<(), AdapterError>,
+    save_adapter: impl FnOnce(&Path) -> Result<(), CheckpointError>,
 ) -> Result<PathBuf, CheckpointError> {
     let dir = checkpoints_dir(out);
     let name = step_dir_name(state.step);

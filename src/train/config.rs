@@ -33,6 +33,13 @@ pub struct TrainConfig {
     pub train_on_prompt: bool,
     /// Skip bad rows (reported) instead of stopping.
     pub skip_bad_rows: bool,
+    /// `lora` (adapters on the LLM's projections) or `qst` (Quantized Side Tuning: a side
+    /// network on the frozen LLM's hidden states).
+    pub method: String,
+    /// QST downsample rank.
+    pub qst_r: usize,
+    /// QST reduction factor (side width = hidden / reduction).
+    pub qst_reduction: usize,
     /// LoRA rank.
     pub lora_r: usize,
     /// LoRA alpha.
@@ -104,6 +111,9 @@ impl Default for TrainConfig {
             max_len: 512,
             train_on_prompt: false,
             skip_bad_rows: false,
+            method: "lora".to_string(),
+            qst_r: 16,
+            qst_reduction: 16,
             lora_r: 16,
             lora_alpha: 32.0,
             lora_dropout: 0.05,

@@ -16,10 +16,11 @@ use super::checkpoint::{self, CheckpointError, TrainState};
 use super::metrics::{EvalMetrics, MetricsLine, MetricsLog, StepMetrics, mem_bytes};
 use super::optim::{AdamW, AdamWConfig, clip_global_norm};
 use super::schedule::{Schedule, ScheduleKind};
-use super::step::{DeviceBatch, micro_step, mix_seed, param_values, params_mut};
+use super::step::{DeviceBatch, MicroResult, micro_step, mix_seed, param_values, params_mut};
 use crate::data::batch::{collate, epoch_batches};
 use crate::eval::Example;
 use crate::model::{Llama, causal_lm_loss_sum};
+use crate::peft::qst::{self, QstError, SideNetwork};
 use crate::peft::{self, AdapterError, LoraConfig};
 
 /// How to train (the data and the model come separately).
@@ -97,6 +98,9 @@ pub enum TrainError {
     /// Adapter I/O.
     #[error(transparent)]
     Adapter(#[from] AdapterError),
+    /// QST side network I/O.
+    #[error(transparent)]
+    Qst(#[from] QstError),
     /// `metrics.jsonl`.
     #[error("{path}: {source}")]
     Metrics {
@@ -155,8 +159,9 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A trainer for `model` (on an autodiff device, adapters attached and described by
-    /// `lora`), starting at step 0.
+    /// A trainer for `model` (on an autodiff device), starting at step 0. What trains: the QST
+    /// side network when `model.side` holds one, else the LoRA adapters attached to the model
+    /// (described by `lora`, which is what saved adapters record).
     pub fn new(
         mut model: Llama,
         lora: LoraConfig,
@@ -173,7 +178,7 @@ impl Trainer {
             ));
         }
         peft::set_dropout_active(&mut model, true);
-        let params = param_values(&model);
+        let params = trainable(&model);
         if params.is_empty() {
             return Err(TrainError::Invalid(
                 "the model has no adapters to train".to_string(),
@@ -251,9 +256,14 @@ impl Trainer {
             }
             .into());
         }
-        peft::AdapterFile::read(dir)?.apply(&mut self.model)?;
-        peft::set_dropout_active(&mut self.model, true);
-        let params = param_values(&self.model);
+        if self.model.side.is_some() {
+            let device = self.model.embed_tokens.device();
+            self.model.side = Some(SideNetwork::load(dir, &self.model.config, &device)?);
+        } else {
+            peft::AdapterFile::read(dir)?.apply(&mut self.model)?;
+            peft::set_dropout_active(&mut self.model, true);
+        }
+        let params = trainable(&self.model);
         let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
         if names != self.names {
             return Err(CheckpointError::Invalid {
@@ -378,13 +388,25 @@ impl Trainer {
                 }
                 let db = device_batch(&b.input_ids, &b.labels, [b.batch, b.seq], &device);
                 let seed = mix_seed(self.opts.seed, self.state.step, k as u64);
-                let out = micro_step(
-                    &self.model,
-                    &db,
-                    denom as f64,
-                    self.opts.activation_checkpointing,
-                    seed,
-                );
+                let out = match &self.model.side {
+                    Some(side) => {
+                        let (loss_sum, grads) = qst::loss_and_grads(
+                            &self.model,
+                            side,
+                            db.input_ids,
+                            db.labels,
+                            denom as f64,
+                        );
+                        MicroResult { loss_sum, grads }
+                    }
+                    None => micro_step(
+                        &self.model,
+                        &db,
+                        denom as f64,
+                        self.opts.activation_checkpointing,
+                        seed,
+                    ),
+                };
                 loss_sum += out.loss_sum;
                 grads = Some(match grads {
                     None => out.grads,
@@ -406,12 +428,12 @@ impl Trainer {
             }
             let grad_norm = clip_global_norm(&mut grads, self.opts.max_grad_norm);
             let lr = self.schedule.lr_at(self.state.step);
-            let values: Vec<Tensor<2>> = param_values(&self.model)
+            let values: Vec<Tensor<2>> = trainable(&self.model)
                 .into_iter()
                 .map(|(_, t)| t.inner())
                 .collect();
             let new = self.opt.step(values, &grads, lr);
-            for ((_, p), v) in params_mut(&mut self.model).into_iter().zip(new) {
+            for ((_, p), v) in trainable_mut(&mut self.model).into_iter().zip(new) {
                 *p = Param::from_tensor(v.autodiff());
             }
             self.state.step += 1;
@@ -468,18 +490,48 @@ impl Trainer {
             &self.names,
             (&self.opt.m, &self.opt.v),
             self.opts.save_total_limit,
-            |dir| peft::adapter_dir::save(model, lora, base, dir),
+            |dir| save_trainable(model, lora, base, dir),
         )?)
     }
 
     /// Writes the adapter as a PEFT directory.
     pub fn save_adapter(&self, dir: &Path) -> Result<(), TrainError> {
-        Ok(peft::adapter_dir::save(
+        Ok(save_trainable(
             &self.model,
             &self.lora,
             &self.opts.base_model,
             dir,
         )?)
+    }
+}
+
+/// The trained tensors by name: the side network's, or the LoRA adapters'.
+fn trainable(model: &Llama) -> Vec<(String, Tensor<2>)> {
+    match &model.side {
+        Some(side) => side.named_params(),
+        None => param_values(model),
+    }
+}
+
+/// [`trainable`], as parameters to replace.
+fn trainable_mut(model: &mut Llama) -> Vec<(String, &mut Param<Tensor<2>>)> {
+    if model.side.is_some() {
+        model.side.as_mut().expect("checked").params_mut()
+    } else {
+        params_mut(model)
+    }
+}
+
+/// Saves what trains into `dir`: a QST directory or a PEFT adapter directory.
+fn save_trainable(
+    model: &Llama,
+    lora: &LoraConfig,
+    base: &str,
+    dir: &Path,
+) -> Result<(), CheckpointError> {
+    match &model.side {
+        Some(side) => Ok(side.save(dir)?),
+        None => Ok(peft::adapter_dir::save(model, lora, base, dir)?),
     }
 }
 
