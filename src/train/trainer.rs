@@ -515,10 +515,9 @@ fn trainable(model: &Llama) -> Vec<(String, Tensor<2>)> {
 
 /// [`trainable`], as parameters to replace.
 fn trainable_mut(model: &mut Llama) -> Vec<(String, &mut Param<Tensor<2>>)> {
-    if model.side.is_some() {
-        model.side.as_mut().expect("checked").params_mut()
-    } else {
-        params_mut(model)
+    match model.side {
+        Some(ref mut side) => side.params_mut(),
+        None => params_mut(model),
     }
 }
 
