@@ -407,6 +407,10 @@ fn llm_states_are_the_llm_and_are_detached() {
     }
 }
 
+/// Loss and gradients of the side network, with one graph or checkpointed per side layer.
+type LossAndGrads =
+    fn(&Llama, &SideNetwork, Tensor<2, Int>, Tensor<2, Int>, f64) -> (f64, Vec<Tensor<2>>);
+
 #[test]
 fn gradients_match_an_independent_reference() {
     let device = cpu().autodiff();
@@ -414,32 +418,44 @@ fn gradients_match_an_independent_reference() {
     let b = batch();
     let side = perturbed(&side_init(&model, &device), &device);
     let denom = b.targets();
-    let (loss_sum, grads) = loss_and_grads(&model, &side, b.ids(&device), b.labels(&device), denom);
     let (ref_sum, leaves) = reference_loss(&model, &side, &b, &device);
     let ref_grads = ref_sum.clone().div_scalar(denom as f32).backward();
     let ref_sum = f64::from(values(ref_sum)[0]);
-    println!("loss sum {loss_sum} vs reference {ref_sum} ({denom} targets)");
-    assert!((loss_sum - ref_sum).abs() <= 1e-5 * ref_sum.abs());
-    let names = side.named_params();
-    assert_eq!(names.len(), grads.len());
-    let mut worst = (0f64, String::new());
-    for ((name, p), g) in names.iter().zip(grads) {
-        assert_eq!(g.dims(), p.dims(), "{name}");
-        let want = leaves[name].grad(&ref_grads).expect("reference gradient");
-        let (got, want) = (values(g), values(want));
-        assert!(norm(&want) > 0.0, "{name}: zero reference gradient");
-        let err = rel_norm_err(&got, &want);
-        if err > worst.0 {
-            worst = (err, name.clone());
+    let cases: [(&str, LossAndGrads); 2] = [
+        ("one graph", loss_and_grads),
+        (
+            "checkpointed per side layer",
+            qst::loss_and_grads_checkpointed,
+        ),
+    ];
+    for (what, run) in cases {
+        let (loss_sum, grads) = run(&model, &side, b.ids(&device), b.labels(&device), denom);
+        println!("{what}: loss sum {loss_sum} vs reference {ref_sum} ({denom} targets)");
+        assert!((loss_sum - ref_sum).abs() <= 1e-5 * ref_sum.abs());
+        let names = side.named_params();
+        assert_eq!(names.len(), grads.len());
+        let mut worst = (0f64, String::new());
+        for ((name, p), g) in names.iter().zip(grads) {
+            assert_eq!(g.dims(), p.dims(), "{name}");
+            let want = leaves[name].grad(&ref_grads).expect("reference gradient");
+            let (got, want) = (values(g), values(want));
+            assert!(norm(&want) > 0.0, "{name}: zero reference gradient");
+            let err = rel_norm_err(&got, &want);
+            if err > worst.0 {
+                worst = (err, name.clone());
+            }
+            assert!(
+                err < 1e-4,
+                "{what}: {name}: relative gradient error {err:.3e}"
+            );
         }
-        assert!(err < 1e-4, "{name}: relative gradient error {err:.3e}");
+        println!(
+            "{what}: {} parameters, worst relative gradient error {:.3e} ({})",
+            names.len(),
+            worst.0,
+            worst.1
+        );
     }
-    println!(
-        "{} parameters, worst relative gradient error {:.3e} ({})",
-        names.len(),
-        worst.0,
-        worst.1
-    );
 }
 
 /// `side` with element `idx` of parameter `name` set to `v`.

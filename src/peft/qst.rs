@@ -1062,6 +1062,83 @@ pub fn loss_and_grads(
     (loss_sum, grads)
 }
 
+/// [`loss_and_grads`] with the side network checkpointed per layer, as LoRA's per-layer
+/// activation checkpointing does for the LLM: a forward without a graph keeps only the side
+/// states `s₀..s_L` (width `H'`, small); the head's graph from `s_L` gives the loss and
+/// `∂L/∂s_L`; then each side layer runs again from its saved input and the backward of
+/// `Σ stepᵢ(sᵢ, hᵢ₊₁) ⊙ ∂L/∂sᵢ₊₁` gives its parameters' gradients and `∂L/∂sᵢ`. Only one side
+/// layer's attention maps (`[b, heads, s, s]`, which the width reduction does not shrink) are
+/// alive at a time. Same values as [`loss_and_grads`] up to float summation order.
+pub fn loss_and_grads_checkpointed(
+    model: &Llama,
+    side: &SideNetwork,
+    ids: Tensor<2, Int>,
+    labels: Tensor<2, Int>,
+    denom: f64,
+) -> (f64, Vec<Tensor<2>>) {
+    let [_, s] = ids.dims();
+    let (hidden, normed) = llm_states(model, ids);
+    let (_, _, mask) = model.positions(s);
+    let (cos, sin) = side.rope.cos_sin(0, s, &hidden[0].device());
+    let params = side.named_params();
+    let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
+    let mut collect = |g: &burn::tensor::Gradients| {
+        for (slot, (_, p)) in grads.iter_mut().zip(&params) {
+            if let Some(d) = p.grad(g) {
+                *slot = Some(match slot.take() {
+                    Some(acc) => acc + d,
+                    None => d,
+                });
+            }
+        }
+    };
+    // 1. Side states without a graph.
+    let frozen = side.clone().no_grad();
+    let mut states = Vec::with_capacity(hidden.len());
+    states.push(frozen.start(hidden[0].clone()).detach()); // [b, s, H']
+    for (i, h) in hidden[1..].iter().enumerate() {
+        let prev = states[i].clone();
+        states.push(
+            frozen
+                .step(i, prev, h.clone(), &cos, &sin, mask.as_ref(), None)
+                .detach(),
+        );
+    }
+    // 2. The head from s_L.
+    let s_last = states.pop().expect("s_L").require_grad();
+    let (sum, _) = causal_lm_loss_sum(head(model, side.finish(s_last.clone(), normed)), labels);
+    let loss_sum = f64::from(sum.clone().inner().into_scalar::<f32>());
+    let g = sum.div_scalar(denom as f32).backward();
+    collect(&g);
+    let mut d = s_last.grad(&g).expect("s_L has a gradient"); // [b, s, H']
+    // 3. Side layers, last to first, then the first downsample.
+    for i in (0..side.layers.len()).rev() {
+        let s_in = states.pop().expect("side layer input").require_grad();
+        let y = side.step(
+            i,
+            s_in.clone(),
+            hidden[i + 1].clone(),
+            &cos,
+            &sin,
+            mask.as_ref(),
+            None,
+        );
+        let g = (y * d.clone().autodiff()).sum().backward();
+        collect(&g);
+        d = s_in.grad(&g).expect("a side state has a gradient");
+    }
+    let g = (side.start(hidden[0].clone()) * d.autodiff())
+        .sum()
+        .backward();
+    collect(&g);
+    let grads = grads
+        .into_iter()
+        .zip(&params)
+        .map(|(g, (_, p))| g.unwrap_or_else(|| Tensor::zeros(p.dims(), &p.device().inner())))
+        .collect();
+    (loss_sum, grads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

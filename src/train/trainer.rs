@@ -390,13 +390,13 @@ impl Trainer {
                 let seed = mix_seed(self.opts.seed, self.state.step, k as u64);
                 let out = match &self.model.side {
                     Some(side) => {
-                        let (loss_sum, grads) = qst::loss_and_grads(
-                            &self.model,
-                            side,
-                            db.input_ids,
-                            db.labels,
-                            denom as f64,
-                        );
+                        let run = if self.opts.activation_checkpointing {
+                            qst::loss_and_grads_checkpointed
+                        } else {
+                            qst::loss_and_grads
+                        };
+                        let (loss_sum, grads) =
+                            run(&self.model, side, db.input_ids, db.labels, denom as f64);
                         MicroResult { loss_sum, grads }
                     }
                     None => micro_step(
