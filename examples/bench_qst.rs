@@ -5,12 +5,13 @@
 //!   LoRA r 16 on all linear layers with per-layer activation checkpointing vs QST (r 16,
 //!   reduction 16); mean step time after a warmup step, peak RSS (`VmHWM`) and, on wgpu, the
 //!   largest `bytes_reserved` of the device pools;
-//! * quality: `--quality-steps` steps (batch 8, lr 1e-3, cosine) on the quickstart's date data,
-//!   then the eval loss on its held-out rows.
+//! * quality: `--quality-steps` steps (batch 8, cosine, peak lr `--lr` for LoRA and `--qst-lr`
+//!   for QST, both 1e-3 by default) on the quickstart's date data, then the eval loss on its
+//!   held-out rows.
 //!
 //! ```text
 //! cargo run --release --example bench_qst [-- --device cpu|wgpu] [--seq N] [--batch N]
-//!     [--steps N] [--quality-steps N]
+//!     [--steps N] [--quality-steps N] [--lr LR] [--qst-lr LR]
 //! ```
 //! Each method runs in a child process of its own so that its peak memory is its own.
 
@@ -36,6 +37,9 @@ struct Args {
     batch: usize,
     steps: u64,
     quality_steps: u64,
+    /// Peak learning rate of the quality run, per method.
+    lr_lora: f64,
+    lr_qst: f64,
     one: Option<String>,
 }
 
@@ -46,6 +50,8 @@ fn parse_args() -> Result<Args> {
         batch: 4,
         steps: 3,
         quality_steps: 20,
+        lr_lora: 1e-3,
+        lr_qst: 1e-3,
         one: None,
     };
     let mut it = std::env::args().skip(1);
@@ -57,6 +63,8 @@ fn parse_args() -> Result<Args> {
             "--batch" => a.batch = value()?.parse()?,
             "--steps" => a.steps = value()?.parse()?,
             "--quality-steps" => a.quality_steps = value()?.parse()?,
+            "--lr" => a.lr_lora = value()?.parse()?,
+            "--qst-lr" => a.lr_qst = value()?.parse()?,
             "--one" => a.one = Some(value()?),
             other => bail!("unknown argument {other}"),
         }
@@ -175,7 +183,7 @@ fn run_one(a: &Args, method: &str) -> Result<()> {
         .and_then(|t| t.eos_id())
         .map_or(0, i64::from);
     let opts = TrainOptions {
-        lr: 1e-3,
+        lr: if method == "qst" { a.lr_qst } else { a.lr_lora },
         schedule: ScheduleKind::Cosine,
         warmup_ratio: 0.05,
         batch_size: 8,
@@ -223,6 +231,12 @@ fn main() -> Result<()> {
             .args(["--seq", &a.seq.to_string(), "--batch", &a.batch.to_string()])
             .args(["--steps", &a.steps.to_string()])
             .args(["--quality-steps", &a.quality_steps.to_string()])
+            .args([
+                "--lr",
+                &a.lr_lora.to_string(),
+                "--qst-lr",
+                &a.lr_qst.to_string(),
+            ])
             .output()?;
         if !out.status.success() {
             bail!("{method} failed: {}", String::from_utf8_lossy(&out.stderr));
