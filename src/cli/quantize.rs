@@ -146,7 +146,7 @@ fn write_quantized(input: &Path, output: &Path, cfg: QuantConfig) -> Result<()> 
                 output.display()
             );
         }
-        let tmp = temp_sibling(output)?;
+        let tmp = crate::io::temp_sibling(output)?;
         let result = quantize_file(input, &tmp, cfg).and_then(|()| {
             std::fs::rename(&tmp, output)
                 .with_context(|| format!("{}: cannot move output into place", output.display()))
@@ -214,9 +214,12 @@ fn quantize_dir(input: &Path, output: &Path, cfg: QuantConfig) -> Result<()> {
             config_path.display()
         );
     }
-    obj.insert("quantization_config".to_string(), quantization_config(cfg));
+    obj.insert(
+        "quantization_config".to_string(),
+        crate::io::bnb::quantization_config(cfg),
+    );
 
-    let tmp = temp_sibling(output)?;
+    let tmp = crate::io::temp_sibling(output)?;
     std::fs::create_dir(&tmp)
         .with_context(|| format!("{}: cannot create directory", tmp.display()))?;
     let result = (|| -> Result<()> {
@@ -256,41 +259,6 @@ fn copy_side_files(input: &Path, out: &Path) -> Result<()> {
             .with_context(|| format!("{}: cannot copy", entry.path().display()))?;
     }
     Ok(())
-}
-
-/// transformers' `BitsAndBytesConfig.to_dict()` for a 4-bit model with float32 compute.
-pub fn quantization_config(cfg: QuantConfig) -> serde_json::Value {
-    serde_json::json!({
-        "_load_in_4bit": true,
-        "_load_in_8bit": false,
-        "bnb_4bit_compute_dtype": "float32",
-        "bnb_4bit_quant_storage": "uint8",
-        "bnb_4bit_quant_type": cfg.format.name(),
-        "bnb_4bit_use_double_quant": cfg.double_quant,
-        "llm_int8_enable_fp32_cpu_offload": false,
-        "llm_int8_has_fp16_weight": false,
-        "llm_int8_skip_modules": null,
-        "llm_int8_threshold": 6.0,
-        "load_in_4bit": true,
-        "load_in_8bit": false,
-        "quant_method": "bitsandbytes"
-    })
-}
-
-/// `dir/.name.tmp-<pid>` next to `path`.
-pub(crate) fn temp_sibling(path: &Path) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: output needs a file name", path.display()))?
-        .to_string_lossy();
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        bail!("{}: output directory does not exist", parent.display());
-    }
-    Ok(parent.join(format!(".{name}.tmp-{}", std::process::id())))
 }
 
 /// Whether `a` and `b` name the same file or directory (`b` may not exist yet).

@@ -203,3 +203,22 @@ pub fn read_quantized_from(
         },
     )
 }
+
+/// transformers' `BitsAndBytesConfig.to_dict()` for a 4-bit model with float32 compute.
+pub fn quantization_config(cfg: crate::quant::QuantConfig) -> serde_json::Value {
+    serde_json::json!({
+        "_load_in_4bit": true,
+        "_load_in_8bit": false,
+        "bnb_4bit_compute_dtype": "float32",
+        "bnb_4bit_quant_storage": "uint8",
+        "bnb_4bit_quant_type": cfg.format.name(),
+        "bnb_4bit_use_double_quant": cfg.double_quant,
+        "llm_int8_enable_fp32_cpu_offload": false,
+        "llm_int8_has_fp16_weight": false,
+        "llm_int8_skip_modules": null,
+        "llm_int8_threshold": 6.0,
+        "load_in_4bit": true,
+        "load_in_8bit": false,
+        "quant_method": "bitsandbytes"
+    })
+}

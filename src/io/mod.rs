@@ -132,3 +132,25 @@ pub(crate) fn os_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) ->
     let path = path.into();
     move |source| IoError::Os { path, source }
 }
+
+/// A temporary name next to `path` (`dir/.name.tmp-<pid>`), for writing an output completely
+/// before renaming it into place. Errors when `path` has no file name or its directory does
+/// not exist.
+pub fn temp_sibling(path: &std::path::Path) -> Result<PathBuf, IoError> {
+    let bad = |what: &str, p: &std::path::Path| IoError::Os {
+        path: p.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, what.to_string()),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| bad("output needs a file name", path))?
+        .to_string_lossy();
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !parent.is_dir() {
+        return Err(bad("output directory does not exist", parent));
+    }
+    Ok(parent.join(format!(".{name}.tmp-{}", std::process::id())))
+}

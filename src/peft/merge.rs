@@ -36,10 +36,11 @@ use serde_json::Value;
 
 use super::adapter_dir::{AdapterError, AdapterFile, AdapterWeights, WEIGHTS_FILE};
 use super::lora::{TargetModule, module_key};
-use crate::cli::quantize::{quantization_config, temp_sibling};
 use crate::data::tokenizer::{self, Tokenizer};
+use crate::io::bnb::quantization_config;
 use crate::io::gguf::GgufFile;
 use crate::io::safetensors::{SINGLE_FILE, is_float};
+use crate::io::temp_sibling;
 use crate::io::{self, Checkpoint, IoError, OwnedTensor, bnb, pyjson, read_f32};
 use crate::model::{LlamaConfig, LoadError};
 use crate::pretrained::{ModelFormat, PretrainedError};
