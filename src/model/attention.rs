@@ -133,42 +133,60 @@ impl Attention {
         let k = apply_rotary(heads(self.k_proj.forward(x.clone()), kv), cos, sin); // [b, kv, s, d]
         let v = heads(self.v_proj.forward(x), kv); // [b, kv, s, d]
 
-        let (k, v) = match cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some(prev) => (
-                        Tensor::cat(vec![prev.k, k], 2), // [b, kv, t, d]
-                        Tensor::cat(vec![prev.v, v], 2), // [b, kv, t, d]
-                    ),
-                    None => (k, v),
-                };
-                *slot = Some(LayerKv {
-                    k: k.clone(),
-                    v: v.clone(),
-                });
-                (k, v)
-            }
-            None => (k, v),
-        };
-        let t = k.dims()[2];
-        let k = repeat_kv(k, h / kv); // [b, h, t, d]
-        let v = repeat_kv(v, h / kv); // [b, h, t, d]
-
-        let scores = q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5); // [b, h, s, t]
-        let scores = match mask {
-            Some(m) => {
-                let m = m.clone().unsqueeze::<4>().expand([b, h, s, t]); // [b, h, s, t]
-                scores.mask_fill(m, f32::NEG_INFINITY)
-            }
-            None => scores,
-        };
-        let probs = softmax(scores, 3); // [b, h, s, t]
-        let out = probs
-            .matmul(v) // [b, h, s, d]
-            .swap_dims(1, 2) // [b, s, h, d]
-            .reshape([b, s, h * d]); // [b, s, h·d]
+        let out = attend(q, k, v, mask, cache); // [b, s, h·d]
         self.o_proj.forward(out)
     }
+}
+
+/// `softmax(Q·Kᵀ/√d + M)·V` with the heads merged back: the part of attention after the
+/// projections and RoPE, shared by the LLM's layers and the QST side layers. With `cache`, the
+/// keys and values of earlier tokens are prepended and the new ones appended to it.
+///
+/// # Shapes
+/// `q: [b, h, s, d]`, `k`, `v`: `[b, kv, s, d]`, `mask`: `[s, t]` (`true` = masked; `None` only
+/// when nothing is masked) -> `[b, s, h·d]`.
+pub fn attend(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<&Tensor<2, Bool>>,
+    cache: Option<&mut Option<LayerKv>>,
+) -> Tensor<3> {
+    let [b, h, s, d] = q.dims();
+    let kv = k.dims()[1];
+    let (k, v) = match cache {
+        Some(slot) => {
+            let (k, v) = match slot.take() {
+                Some(prev) => (
+                    Tensor::cat(vec![prev.k, k], 2), // [b, kv, t, d]
+                    Tensor::cat(vec![prev.v, v], 2), // [b, kv, t, d]
+                ),
+                None => (k, v),
+            };
+            *slot = Some(LayerKv {
+                k: k.clone(),
+                v: v.clone(),
+            });
+            (k, v)
+        }
+        None => (k, v),
+    };
+    let t = k.dims()[2];
+    let k = repeat_kv(k, h / kv); // [b, h, t, d]
+    let v = repeat_kv(v, h / kv); // [b, h, t, d]
+
+    let scores = q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5); // [b, h, s, t]
+    let scores = match mask {
+        Some(m) => {
+            let m = m.clone().unsqueeze::<4>().expand([b, h, s, t]); // [b, h, s, t]
+            scores.mask_fill(m, f32::NEG_INFINITY)
+        }
+        None => scores,
+    };
+    softmax(scores, 3) // [b, h, s, t]
+        .matmul(v) // [b, h, s, d]
+        .swap_dims(1, 2) // [b, s, h, d]
+        .reshape([b, s, h * d]) // [b, s, h·d]
 }
 
 /// Each key/value head repeated `n_rep` times in place (head `j` of the result is head

@@ -147,15 +147,7 @@ impl QLinear {
     pub fn forward_frozen<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.weight {
             FrozenWeight::Quantized(w) => ops::qmatmul(x, w),
-            FrozenWeight::Float(wt) => {
-                let dims = x.dims();
-                let [k, out] = wt.dims();
-                let rows = dims.iter().product::<usize>() / k.max(1);
-                let y = x.reshape([rows, k]).matmul(wt.clone()); // [rows, out]
-                let mut shape = dims;
-                shape[D - 1] = out;
-                y.reshape(shape) // [.., out]
-            }
+            FrozenWeight::Float(wt) => ops::reference::matmul_last(x, wt.clone()),
         }
     }
 }

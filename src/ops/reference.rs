@@ -106,7 +106,7 @@ pub fn lora_matmul(
 }
 
 /// `x·m` over the last dimension of `x` as one 2-D matmul (`[.., k]·[k, n] -> [.., n]`).
-fn matmul_last<const D: usize>(x: Tensor<D>, m: Tensor<2>) -> Tensor<D> {
+pub fn matmul_last<const D: usize>(x: Tensor<D>, m: Tensor<2>) -> Tensor<D> {
     let dims = x.dims();
     let [k, n] = m.dims();
     let rows = dims.iter().product::<usize>() / k.max(1);

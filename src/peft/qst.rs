@@ -106,14 +106,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{sigmoid, silu, softmax};
+use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::io::{self, Checkpoint, IoError, OwnedTensor};
-use crate::model::attention::{causal_mask, repeat_kv};
+use crate::model::attention::{attend, causal_mask};
 use crate::model::rope::apply_rotary;
 use crate::model::{KvCache, LayerKv, Llama, LlamaConfig, RotaryEmbedding, causal_lm_loss_sum};
 
@@ -446,38 +446,7 @@ impl SideLayer {
         let q = apply_rotary(heads(linear(x.clone(), &self.q), h), cos, sin); // [b, h, s, d]
         let k = apply_rotary(heads(linear(x.clone(), &self.k), kv), cos, sin); // [b, kv, s, d]
         let v = heads(linear(x, &self.v), kv); // [b, kv, s, d]
-        let (k, v) = match cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some(prev) => (
-                        Tensor::cat(vec![prev.k, k], 2), // [b, kv, t, d]
-                        Tensor::cat(vec![prev.v, v], 2), // [b, kv, t, d]
-                    ),
-                    None => (k, v),
-                };
-                *slot = Some(LayerKv {
-                    k: k.clone(),
-                    v: v.clone(),
-                });
-                (k, v)
-            }
-            None => (k, v),
-        };
-        let t = k.dims()[2];
-        let k = repeat_kv(k, h / kv); // [b, h, t, d]
-        let v = repeat_kv(v, h / kv); // [b, h, t, d]
-        let scores = q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5); // [b, h, s, t]
-        let scores = match mask {
-            Some(m) => scores.mask_fill(
-                m.clone().unsqueeze::<4>().expand([b, h, s, t]),
-                f32::NEG_INFINITY,
-            ),
-            None => scores,
-        };
-        let out = softmax(scores, 3)
-            .matmul(v) // [b, h, s, d]
-            .swap_dims(1, 2) // [b, s, h, d]
-            .reshape([b, s, h * d]);
+        let out = attend(q, k, v, mask, cache); // [b, s, h·d]
         linear(out, &self.o)
     }
 }

@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::QuantizedTensor;
+use super::nf4::nibble;
 
 /// Rows of `W` decoded per task: 16 f32 = one 64-byte cache line of `Wᵀ` per column, so no two
 /// tasks write the same line.
@@ -33,9 +34,7 @@ pub fn dequantize_transposed(q: &QuantizedTensor) -> Vec<f32> {
         for i in 0..inp {
             for (j, o) in rows.clone().enumerate() {
                 let k = o * inp + i;
-                let byte = packed[k / 2];
-                let code = if k % 2 == 0 { byte >> 4 } else { byte & 0x0f };
-                buf[j] = table[code as usize] * absmax[k / bs];
+                buf[j] = table[nibble(packed, k) as usize] * absmax[k / bs];
             }
             // SAFETY: `i·out + rows` lies inside `wt` and no other task writes these indices.
             unsafe {
@@ -61,9 +60,7 @@ pub fn dequantize_par(q: &QuantizedTensor) -> Vec<f32> {
     w.par_chunks_mut(inp).enumerate().for_each(|(o, row)| {
         for (i, v) in row.iter_mut().enumerate() {
             let k = o * inp + i;
-            let byte = packed[k / 2];
-            let code = if k % 2 == 0 { byte >> 4 } else { byte & 0x0f };
-            *v = table[code as usize] * absmax[k / bs];
+            *v = table[nibble(packed, k) as usize] * absmax[k / bs];
         }
     });
     w
