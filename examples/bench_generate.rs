@@ -20,6 +20,7 @@ use wgtune::generate::{GenerateOptions, generate};
 use wgtune::io::model_cache::default_model_path;
 use wgtune::pretrained::Pretrained;
 use wgtune::quant::QuantConfig;
+use wgtune::train::metrics::peak_rss_bytes;
 
 struct Args {
     device: DeviceChoice,
@@ -50,14 +51,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(args)
-}
-
-/// Peak resident set of this process in bytes (`VmHWM`).
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Resets `VmHWM` to the current RSS (Linux: writing 5 to `clear_refs`).
@@ -120,7 +113,7 @@ fn run_one(
     }
     let (peak, reserved) = match end {
         Some(u) => (peak, Some(u.bytes_reserved)),
-        None => (peak_rss(), None),
+        None => (peak_rss_bytes(), None),
     };
     Ok(Row {
         name,

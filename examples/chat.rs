@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use wgtune::data::template::Message;
 use wgtune::device::{DeviceChoice, select};
-use wgtune::generate::{GenerateOptions, generate};
+use wgtune::generate::{GenerateOptions, generate, reply_stop_ids};
 use wgtune::io::model_cache::default_model_path;
 use wgtune::peft::AdapterFile;
 use wgtune::pretrained::Pretrained;
@@ -44,8 +44,7 @@ fn main() -> Result<()> {
         eprintln!("adapter: {}", dir.display());
     }
     let tokenizer = pre.tokenizer()?.clone();
-    let mut stop: Vec<u32> = tokenizer.eos_id().into_iter().collect();
-    stop.extend(tokenizer.token_id(pre.template.end_of_turn()));
+    let stop = reply_stop_ids(&tokenizer, &pre.template);
     let options = GenerateOptions {
         max_new_tokens: 256,
         temperature: 0.0,

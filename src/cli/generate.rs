@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 
 use super::model_args::ModelArgs;
 use crate::data::template::Message;
-use crate::generate::{GenerateOptions, Generated, generate};
+use crate::generate::{GenerateOptions, Generated, generate, reply_stop_ids};
 use crate::pretrained::Pretrained;
 
 /// Sampling flags shared by `generate` and `chat`.
@@ -75,12 +75,11 @@ pub struct GenerateArgs {
 /// The ids that end a reply: eos, plus the template's end-of-turn token when `chat`.
 pub fn stop_ids(pretrained: &Pretrained, chat: bool) -> Result<Vec<u32>> {
     let tokenizer = pretrained.tokenizer()?;
-    let mut ids: Vec<u32> = tokenizer.eos_id().into_iter().collect();
-    if chat && let Some(id) = tokenizer.token_id(pretrained.template.end_of_turn()) {
-        ids.push(id);
-    }
-    ids.dedup();
-    Ok(ids)
+    Ok(if chat {
+        reply_stop_ids(tokenizer, &pretrained.template)
+    } else {
+        tokenizer.eos_id().into_iter().collect()
+    })
 }
 
 /// Generates after `prompt_ids`, streaming the text to stdout.

@@ -20,7 +20,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::data::template::{ChatTemplate, Message};
 use crate::data::tokenizer::Tokenizer;
 use crate::device::{self, DeviceChoice};
-use crate::generate::{GenerateOptions, generate};
+use crate::generate::{GenerateOptions, generate, reply_stop_ids};
 use crate::io::model_cache::default_model_path;
 use crate::model::Llama;
 use crate::pretrained::Pretrained;
@@ -103,8 +103,7 @@ pub fn exact_match(
     template: &ChatTemplate,
     rows: &[Row],
 ) -> Result<Vec<bool>> {
-    let mut stop: Vec<u32> = tokenizer.eos_id().into_iter().collect();
-    stop.extend(tokenizer.token_id(template.end_of_turn()));
+    let stop = reply_stop_ids(tokenizer, template);
     let device = model.embed_tokens.device();
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(8) {
@@ -163,8 +162,7 @@ pub fn answers(
     rows: &[Row],
     label: &str,
 ) -> Result<Vec<String>> {
-    let mut stop: Vec<u32> = tokenizer.eos_id().into_iter().collect();
-    stop.extend(tokenizer.token_id(template.end_of_turn()));
+    let stop = reply_stop_ids(tokenizer, template);
     let opts = GenerateOptions {
         max_new_tokens: 16,
         temperature: 0.0,

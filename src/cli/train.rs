@@ -227,10 +227,6 @@ pub struct Outcome {
     pub end: RunEnd,
     /// The trained model (dropout off), on the training device.
     pub model: Llama,
-    /// The model's files (tokenizer, template).
-    pub pretrained_path: PathBuf,
-    /// Final eval loss, when there was an eval set.
-    pub eval_loss: Option<f64>,
 }
 
 /// Checks settings a user can get wrong, before anything slow happens.
@@ -502,24 +498,29 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: bool) -> Result
     };
     let end = trainer.run(Some(&stop), &mut on_event)?;
     bar.finish_and_clear();
-    write_plot(&cfg.out)?;
+    // metrics.jsonl holds the whole run (earlier sessions of a resumed one included).
+    let (mut train_curve, mut eval_curve) = (Vec::new(), Vec::new());
+    for line in metrics::read_lines(&cfg.out.join("metrics.jsonl")).unwrap_or_default() {
+        match line {
+            MetricsLine::Step(m) => train_curve.push((m.step as f64, m.loss)),
+            MetricsLine::Eval(m) => eval_curve.push((m.step as f64, m.eval_loss)),
+        }
+    }
+    let plot_path = cfg.out.join("loss.png");
+    plot::write_loss_png(&plot_path, &train_curve, &eval_curve)
+        .with_context(|| format!("writing {}", plot_path.display()))?;
     if end == RunEnd::Finished {
         trainer.save_adapter(&cfg.out)?;
-        summarize(&cfg.out, trainer.state());
+        let kind = if qst {
+            "QST side network"
+        } else {
+            "PEFT format"
+        };
+        summarize(&cfg.out, trainer.state(), &train_curve, kind);
     }
-    let eval_loss = metrics::read_lines(&cfg.out.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .into_iter()
-        .rev()
-        .find_map(|l| match l {
-            MetricsLine::Eval(e) => Some(e.eval_loss),
-            MetricsLine::Step(_) => None,
-        });
     Ok(Outcome {
         end,
         model: trainer.into_model(),
-        pretrained_path: model_path,
-        eval_loss,
     })
 }
 
@@ -563,31 +564,9 @@ fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// `loss.png` from `metrics.jsonl`.
-fn write_plot(out: &Path) -> Result<()> {
-    let lines = metrics::read_lines(&out.join("metrics.jsonl")).unwrap_or_default();
-    let mut train = Vec::new();
-    let mut eval = Vec::new();
-    for l in lines {
-        match l {
-            MetricsLine::Step(m) => train.push((m.step as f64, m.loss)),
-            MetricsLine::Eval(m) => eval.push((m.step as f64, m.eval_loss)),
-        }
-    }
-    let path = out.join("loss.png");
-    plot::write_loss_png(&path, &train, &eval)
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-fn summarize(out: &Path, state: &TrainState) {
-    let lines = metrics::read_lines(&out.join("metrics.jsonl")).unwrap_or_default();
-    let losses: Vec<f64> = lines
-        .iter()
-        .filter_map(|l| match l {
-            MetricsLine::Step(m) => Some(m.loss),
-            MetricsLine::Eval(_) => None,
-        })
-        .collect();
+/// The closing lines: steps, tokens, speed, first and last loss, peak memory, where things are.
+fn summarize(out: &Path, state: &TrainState, train_curve: &[(f64, f64)], kind: &str) {
+    let losses: Vec<f64> = train_curve.iter().map(|&(_, loss)| loss).collect();
     if let (Some(first), Some(last)) = (losses.first(), losses.last()) {
         eprintln!(
             "done: {} steps, {} tokens in {:.0} s ({:.1} tok/s); loss {first:.4} -> {last:.4}; \
@@ -600,7 +579,7 @@ fn summarize(out: &Path, state: &TrainState) {
         );
     }
     eprintln!(
-        "adapter: {} (PEFT format); metrics.jsonl, loss.png, train_config.toml beside it",
+        "adapter: {} ({kind}); metrics.jsonl, loss.png, train_config.toml beside it",
         out.display()
     );
 }

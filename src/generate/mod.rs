@@ -109,6 +109,18 @@ impl Generated {
     }
 }
 
+/// The ids that end an assistant reply: the tokenizer's eos and the template's end-of-turn
+/// token (when the vocabulary has it).
+pub fn reply_stop_ids(
+    tokenizer: &Tokenizer,
+    template: &crate::data::template::ChatTemplate,
+) -> Vec<u32> {
+    let mut ids: Vec<u32> = tokenizer.eos_id().into_iter().collect();
+    ids.extend(tokenizer.token_id(template.end_of_turn()));
+    ids.dedup();
+    ids
+}
+
 /// Generates up to `options.max_new_tokens` tokens after `prompt_ids`, calling `on_token` with
 /// each new piece of text (special tokens skipped) as soon as it decodes to complete characters.
 pub fn generate(

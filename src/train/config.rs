@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::schedule::ScheduleKind;
+use super::trainer::TrainOptions;
 
 /// The settings of a training run. Defaults follow QLoRA / PEFT practice for small models.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,7 +100,10 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
+    /// The loop's settings default to [`TrainOptions::default`]'s (one source for both); the
+    /// rest are the command line's own.
     fn default() -> Self {
+        let o = TrainOptions::default();
         TrainConfig {
             model: None,
             data: None,
@@ -120,24 +124,24 @@ impl Default for TrainConfig {
             target_modules: "all-linear".to_string(),
             rslora: false,
             init_adapter: None,
-            lr: 2e-4,
-            schedule: ScheduleKind::Cosine,
-            warmup_ratio: 0.03,
-            warmup_steps: None,
-            weight_decay: 0.0,
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_eps: 1e-8,
-            max_grad_norm: 1.0,
-            batch_size: 4,
-            grad_accum: 1,
-            steps: None,
-            epochs: 1,
-            seed: 42,
-            eval_every: 0,
+            lr: o.lr,
+            schedule: o.schedule,
+            warmup_ratio: o.warmup_ratio,
+            warmup_steps: o.warmup_steps,
+            weight_decay: o.adamw.weight_decay,
+            adam_beta1: o.adamw.beta1,
+            adam_beta2: o.adamw.beta2,
+            adam_eps: o.adamw.eps,
+            max_grad_norm: o.max_grad_norm,
+            batch_size: o.batch_size,
+            grad_accum: o.grad_accum,
+            steps: o.steps,
+            epochs: o.epochs,
+            seed: o.seed,
+            eval_every: o.eval_every,
             save_every: 100,
-            save_total_limit: 3,
-            activation_checkpointing: true,
+            save_total_limit: o.save_total_limit,
+            activation_checkpointing: o.activation_checkpointing,
             device: "auto".to_string(),
             quant: "nf4".to_string(),
             double_quant: true,
