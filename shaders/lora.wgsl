@@ -24,13 +24,19 @@ const BK: u32 = 16u;
 
 var<workgroup> a_tile: array<f32, {{ a_tile_len }}>; // [BK][BM]
 var<workgroup> b_tile: array<f32, {{ b_tile_len }}>; // [BK][BN]
+// K, shared so the loop around the barriers is provably uniform: WGSL's uniformity analysis
+// (enforced by browsers' Tint, not by naga) treats a read_write storage load as non-uniform.
+var<workgroup> k_shared: u32;
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
     let mo = params[0];
     let no = params[1];
-    let kt = params[2];
+    if li == 0u {
+        k_shared = params[2];
+    }
+    let kt = workgroupUniformLoad(&k_shared);
     let a_rs = params[3];
     let a_cs = params[4];
     let b_rs = params[5];

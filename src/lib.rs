@@ -10,6 +10,7 @@ pub mod device;
 pub mod eval;
 pub mod generate;
 pub mod io;
+pub mod limits;
 pub mod model;
 pub mod ops;
 pub mod peft;

@@ -28,6 +28,8 @@ enum Command {
     Info(wgtune::cli::info::InfoArgs),
     /// Fold a LoRA adapter into its base model and write a Hugging Face model directory.
     Merge(wgtune::cli::merge::MergeArgs),
+    /// Serve the browser demo (web/) and a default model on 127.0.0.1.
+    ServeWeb(wgtune::cli::serve_web::ServeWebArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => wgtune::cli::eval::run(args),
         Command::Generate(args) => wgtune::cli::generate::run(args),
         Command::Chat(args) => wgtune::cli::chat::run(args),
+        Command::ServeWeb(args) => wgtune::cli::serve_web::run(args),
         Command::Info(args) => wgtune::cli::info::run(args),
         Command::Merge(args) => wgtune::cli::merge::run(args),
     };

@@ -5,6 +5,7 @@
 //! quantized on load, or a bitsandbytes 4-bit checkpoint used as stored), with `tokenizer.json`
 //! and the `chat_template` of `tokenizer_config.json` when present.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::data::template::{self, ChatTemplate};
 use crate::data::tokenizer::{self, Tokenizer};
 use crate::io::gguf::GgufFile;
 use crate::io::gguf::llama::hf_to_gguf_name;
+use crate::io::{Checkpoint, SafetensorsFile};
 use crate::model::{self, Llama, LlamaConfig, LoadError};
 use crate::quant::QuantConfig;
 
@@ -33,9 +35,30 @@ pub enum PretrainedError {
     /// A path that is neither a GGUF file nor a model directory.
     #[error("{0}: not a model (expected a .gguf file or a directory with config.json)")]
     UnknownFormat(PathBuf),
+    /// A file a model set needs is not among the files given.
+    #[error(
+        "{}no {name} among the files (give a .gguf file, or config.json with the \
+         *.safetensors weights and tokenizer.json)",
+        prefix(.dir)
+    )]
+    MissingFile {
+        /// The set of files.
+        dir: PathBuf,
+        /// The file missing.
+        name: String,
+    },
     /// The operation needs a tokenizer and the model has none.
     #[error("{0}: the model has no tokenizer (tokenizer.json or GGUF vocabulary)")]
     NoTokenizer(PathBuf),
+}
+
+/// `"dir: "`, or nothing for an unnamed set of files.
+fn prefix(dir: &Path) -> String {
+    if dir.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", dir.display())
+    }
 }
 
 /// The format of a model path.
@@ -101,24 +124,37 @@ impl Pretrained {
         device: &Device,
     ) -> Result<Self, PretrainedError> {
         let gguf = GgufFile::open(path).map_err(LoadError::Io)?;
-        let hf_config = gguf.llama_config().map_err(LoadError::Io)?;
-        let config = LlamaConfig::from_json(&hf_config.to_hf_config_json().to_string(), path)?;
         let total: u64 = gguf.tensors().iter().map(|t| t.n_bytes()).sum();
         let bar = load_bar(path, total);
+        let out = Self::from_gguf(gguf, quant, device, &mut |n| bar.inc(n));
+        bar.finish_and_clear();
+        out
+    }
+
+    /// The model of an opened GGUF file (read from disk or held in memory); `progress(bytes)`
+    /// is called with each tensor's stored size once read.
+    pub fn from_gguf(
+        gguf: GgufFile,
+        quant: Option<QuantConfig>,
+        device: &Device,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Self, PretrainedError> {
+        let path = gguf.path().to_path_buf();
+        let hf_config = gguf.llama_config().map_err(LoadError::Io)?;
+        let config = LlamaConfig::from_json(&hf_config.to_hf_config_json().to_string(), &path)?;
         let model = model::load_from_tensors(
             &config,
-            path,
+            &path,
             |name| {
                 let (dims, values) = gguf.hf_tensor_f32(name)?;
                 if let Some(info) = hf_to_gguf_name(name).and_then(|g| gguf.tensor(&g)) {
-                    bar.inc(info.n_bytes());
+                    progress(info.n_bytes());
                 }
                 Ok((values, dims))
             },
             quant,
             device,
         )?;
-        bar.finish_and_clear();
         let tokenizer = Tokenizer::from_gguf_file(&gguf)?;
         let template = match gguf.chat_template().map_err(LoadError::Io)? {
             Some(source) => ChatTemplate::new(source)?,
@@ -130,7 +166,7 @@ impl Pretrained {
             config,
             tokenizer: Some(tokenizer),
             template,
-            path: path.to_path_buf(),
+            path,
             format: ModelFormat::Gguf,
         })
     }
@@ -141,16 +177,46 @@ impl Pretrained {
         device: &Device,
     ) -> Result<Self, PretrainedError> {
         let config = LlamaConfig::from_file(&dir.join(model::load::CONFIG_FILE))?;
-        let bar = load_bar(dir, safetensors_bytes(dir));
-        let model = model::load_hf_dir_with_progress(dir, quant, device, &mut |n| bar.inc(n))?;
-        bar.finish_and_clear();
+        let ckpt = Checkpoint::open(dir).map_err(LoadError::Io)?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = if tokenizer_path.exists() {
             Some(Tokenizer::from_file(&tokenizer_path)?)
         } else {
             None
         };
-        let template = match hf_chat_template(dir)? {
+        let chat_template = match std::fs::read(dir.join(TOKENIZER_CONFIG)) {
+            Ok(bytes) => chat_template_of(&dir.join(TOKENIZER_CONFIG), &bytes)?,
+            Err(_) => None,
+        };
+        let bar = load_bar(dir, safetensors_bytes(dir));
+        let out = Self::from_hf_parts(
+            dir,
+            config,
+            ckpt,
+            tokenizer,
+            chat_template,
+            quant,
+            device,
+            &mut |n| bar.inc(n),
+        );
+        bar.finish_and_clear();
+        out
+    }
+
+    /// The model of a Hugging Face file set, however its files were read.
+    #[allow(clippy::too_many_arguments)]
+    fn from_hf_parts(
+        dir: &Path,
+        config: LlamaConfig,
+        ckpt: Checkpoint,
+        tokenizer: Option<Tokenizer>,
+        chat_template: Option<String>,
+        quant: Option<QuantConfig>,
+        device: &Device,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Self, PretrainedError> {
+        let model = model::load::load_checkpoint(&config, ckpt, dir, quant, device, progress)?;
+        let template = match chat_template {
             Some(source) => ChatTemplate::new(&source)?,
             None => ChatTemplate::preset("chatml")?,
         };
@@ -176,6 +242,139 @@ impl Pretrained {
     }
 }
 
+/// A model's files held in memory, opened: headers and config parsed, no weights loaded yet, so
+/// a caller can check the config (say, against a browser device's buffer limits) before
+/// [`ModelFiles::load`] puts anything on the device.
+pub struct ModelFiles {
+    label: PathBuf,
+    config: LlamaConfig,
+    kind: FilesKind,
+}
+
+enum FilesKind {
+    Gguf(GgufFile),
+    Hf {
+        ckpt: Checkpoint,
+        // Boxed: a tokenizer is large and the GGUF variant carries its own.
+        tokenizer: Option<Box<Tokenizer>>,
+        chat_template: Option<String>,
+    },
+}
+
+impl ModelFiles {
+    /// Opens files by name: a GGUF file (recognised by its magic, whatever its name), or a
+    /// Hugging Face set: `config.json`, one or more `*.safetensors` shards, and optionally
+    /// `tokenizer.json` and `tokenizer_config.json`. This is how a browser tab reads the files a
+    /// user picked. `label` names the set in errors (each file as `label/name`; an empty label
+    /// names files by their own names).
+    pub fn open(
+        label: &Path,
+        mut files: BTreeMap<String, Vec<u8>>,
+    ) -> Result<Self, PretrainedError> {
+        let gguf_name = files
+            .iter()
+            .find(|(_, bytes)| bytes.starts_with(b"GGUF"))
+            .map(|(name, _)| name.clone());
+        if let Some(name) = gguf_name {
+            let bytes = files.remove(&name).unwrap_or_default();
+            let path = label.join(&name);
+            let gguf = GgufFile::from_bytes(&path, bytes).map_err(LoadError::Io)?;
+            let hf_config = gguf.llama_config().map_err(LoadError::Io)?;
+            let config = LlamaConfig::from_json(&hf_config.to_hf_config_json().to_string(), &path)?;
+            return Ok(Self {
+                label: label.to_path_buf(),
+                config,
+                kind: FilesKind::Gguf(gguf),
+            });
+        }
+        let Some(config_bytes) = files.remove(model::load::CONFIG_FILE) else {
+            return Err(PretrainedError::MissingFile {
+                dir: label.to_path_buf(),
+                name: model::load::CONFIG_FILE.to_string(),
+            });
+        };
+        let config = LlamaConfig::from_json(
+            &String::from_utf8_lossy(&config_bytes),
+            &label.join(model::load::CONFIG_FILE),
+        )?;
+        let tokenizer_config = files.remove(TOKENIZER_CONFIG);
+        let tokenizer = match files.remove("tokenizer.json") {
+            Some(json) => Some(Tokenizer::from_bytes(
+                &label.join("tokenizer.json"),
+                &json,
+                tokenizer_config.as_deref(),
+            )?),
+            None => None,
+        };
+        let chat_template = match &tokenizer_config {
+            Some(bytes) => chat_template_of(&label.join(TOKENIZER_CONFIG), bytes)?,
+            None => None,
+        };
+        let shards = files
+            .into_iter()
+            .filter(|(name, _)| name.ends_with(".safetensors"))
+            .map(|(name, bytes)| SafetensorsFile::from_bytes(&label.join(name), bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(LoadError::Io)?;
+        if shards.is_empty() {
+            return Err(PretrainedError::MissingFile {
+                dir: label.to_path_buf(),
+                name: "*.safetensors".to_string(),
+            });
+        }
+        let ckpt = Checkpoint::from_files(shards).map_err(LoadError::Io)?;
+        Ok(Self {
+            label: label.to_path_buf(),
+            config,
+            kind: FilesKind::Hf {
+                ckpt,
+                tokenizer: tokenizer.map(Box::new),
+                chat_template,
+            },
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// GGUF or a Hugging Face set.
+    pub fn format(&self) -> ModelFormat {
+        match self.kind {
+            FilesKind::Gguf(_) => ModelFormat::Gguf,
+            FilesKind::Hf { .. } => ModelFormat::HfDir,
+        }
+    }
+
+    /// Puts the model on `device` as [`Pretrained::load`] does; `progress(bytes)` is called as
+    /// tensors are read.
+    pub fn load(
+        self,
+        quant: Option<QuantConfig>,
+        device: &Device,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Pretrained, PretrainedError> {
+        match self.kind {
+            FilesKind::Gguf(gguf) => Pretrained::from_gguf(gguf, quant, device, progress),
+            FilesKind::Hf {
+                ckpt,
+                tokenizer,
+                chat_template,
+            } => Pretrained::from_hf_parts(
+                &self.label,
+                self.config,
+                ckpt,
+                tokenizer.map(|t| *t),
+                chat_template,
+                quant,
+                device,
+                progress,
+            ),
+        }
+    }
+}
+
 /// The config of the model at `path` (GGUF metadata or `config.json`), without loading weights.
 pub fn read_config(path: &Path) -> Result<LlamaConfig, PretrainedError> {
     match ModelFormat::detect(path)? {
@@ -198,14 +397,13 @@ fn with_tokens(template: ChatTemplate, tokenizer: &Tokenizer) -> ChatTemplate {
     template.with_special_tokens(tokenizer.bos_token(), tokenizer.eos_token())
 }
 
-/// `chat_template` from `tokenizer_config.json`, when the directory has one.
-fn hf_chat_template(dir: &Path) -> Result<Option<String>, PretrainedError> {
-    let path = dir.join("tokenizer_config.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(None);
-    };
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| LoadError::Config {
-        path: path.clone(),
+/// The file next to `tokenizer.json` that holds the special tokens and the chat template.
+const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+
+/// `chat_template` of a `tokenizer_config.json` (`path` names it in errors).
+fn chat_template_of(path: &Path, bytes: &[u8]) -> Result<Option<String>, PretrainedError> {
+    let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| LoadError::Config {
+        path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
     Ok(json

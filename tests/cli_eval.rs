@@ -136,7 +136,45 @@ fn eval_names_the_bad_line() {
     ]);
     let err = text(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("bad.jsonl:1: missing field"), "{err}");
+    assert!(err.contains("bad.jsonl:1: unknown row format"), "{err}");
+}
+
+/// Chat rows are scored as the trainer scores them: the answers only.
+#[test]
+fn eval_scores_only_the_answers_of_chat_rows() {
+    let model = match default_model_path() {
+        Ok(p) => p,
+        Err(e) if !pip_available() => {
+            let _ = writeln!(std::io::stderr(), "SKIPPED: pip not found ({e})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("alpaca.jsonl");
+    std::fs::write(
+        &data,
+        "{\"instruction\": \"Give this date as YYYY-MM-DD.\", \"input\": \"March 3, 2021\", \"output\": \"2021-03-03\"}\n\
+         {\"instruction\": \"What is the capital of France?\", \"output\": \"Paris.\"}\n",
+    )
+    .unwrap();
+    let out = wgtune(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let tokens = got["tokens"].as_u64().unwrap();
+    // "2021-03-03" + end of turn and "Paris." + end of turn: a dozen tokens, not the prompts'
+    // dozens.
+    assert!((4..=24).contains(&tokens), "{got}");
+    assert!(got["loss"].as_f64().unwrap().is_finite(), "{got}");
 }
 
 #[test]

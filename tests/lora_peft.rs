@@ -172,7 +172,7 @@ fn adamw_case(device: Device, checkpointing: bool, name: &str) {
     let mut worst = 0f32;
     for (step, want) in want_losses.iter().enumerate() {
         let out = micro_step(&model, &db, targets, checkpointing, step as u64);
-        let loss = (out.loss_sum / targets) as f32;
+        let loss = (f64::from(out.loss_sum.into_scalar::<f32>()) / targets) as f32;
         worst = worst.max((loss - want).abs());
         assert!(
             (loss - want).abs() <= 1e-3,

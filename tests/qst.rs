@@ -407,9 +407,14 @@ fn llm_states_are_the_llm_and_are_detached() {
     }
 }
 
+/// The value of a `[1]` loss sum.
+fn scalar(t: Tensor<1>) -> f64 {
+    f64::from(t.into_scalar::<f32>())
+}
+
 /// Loss and gradients of the side network, with one graph or checkpointed per side layer.
 type LossAndGrads =
-    fn(&Llama, &SideNetwork, Tensor<2, Int>, Tensor<2, Int>, f64) -> (f64, Vec<Tensor<2>>);
+    fn(&Llama, &SideNetwork, Tensor<2, Int>, Tensor<2, Int>, f64) -> (Tensor<1>, Vec<Tensor<2>>);
 
 #[test]
 fn gradients_match_an_independent_reference() {
@@ -430,6 +435,7 @@ fn gradients_match_an_independent_reference() {
     ];
     for (what, run) in cases {
         let (loss_sum, grads) = run(&model, &side, b.ids(&device), b.labels(&device), denom);
+        let loss_sum = f64::from(loss_sum.into_scalar::<f32>());
         println!("{what}: loss sum {loss_sum} vs reference {ref_sum} ({denom} targets)");
         assert!((loss_sum - ref_sum).abs() <= 1e-5 * ref_sum.abs());
         let names = side.named_params();
@@ -483,7 +489,7 @@ fn finite_differences_agree() {
     let denom = b.targets();
     let (_, grads) = loss_and_grads(&model, &side, b.ids(&device), b.labels(&device), denom);
     let loss = |s: &SideNetwork| {
-        loss_and_grads(&model, s, b.ids(&device), b.labels(&device), denom).0 / denom
+        scalar(loss_and_grads(&model, s, b.ids(&device), b.labels(&device), denom).0) / denom
     };
     let params = side.named_params();
     let picks = [
@@ -679,7 +685,7 @@ fn adamw_steps_lower_the_loss() {
     let mut losses = Vec::new();
     for _ in 0..8 {
         let (sum, grads) = loss_and_grads(&model, &side, b.ids(&device), b.labels(&device), denom);
-        losses.push(sum / denom);
+        losses.push(scalar(sum) / denom);
         let now: Vec<Tensor<2>> = side
             .named_params()
             .into_iter()
@@ -839,7 +845,7 @@ fn wgpu_matches_cpu() {
         let side = perturbed(&side_init(&model, &device), &device);
         let (sum, grads) = loss_and_grads(&model, &side, b.ids(&device), b.labels(&device), denom);
         (
-            sum / denom,
+            scalar(sum) / denom,
             grads.into_iter().map(values).collect::<Vec<_>>(),
         )
     };

@@ -10,4 +10,5 @@ pub mod merge;
 pub mod model_args;
 pub mod quantize;
 pub mod quickstart;
+pub mod serve_web;
 pub mod train;

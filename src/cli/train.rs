@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -529,18 +529,26 @@ fn install_stop_flag() -> Arc<AtomicBool> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     FLAG.get_or_init(|| {
         let flag = Arc::new(AtomicBool::new(false));
-        let f = flag.clone();
-        let _ = ctrlc::set_handler(move || {
-            if f.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
-                std::process::exit(130);
-            }
-            eprintln!("\nCtrl-C: finishing this step, then writing a checkpoint (again to abort)");
-        });
+        on_ctrl_c(flag.clone());
         flag
     })
     .clone()
 }
+
+#[cfg(not(target_arch = "wasm32"))]
+fn on_ctrl_c(flag: Arc<AtomicBool>) {
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: finishing this step, then writing a checkpoint (again to abort)");
+    });
+}
+
+/// No signals in a browser.
+#[cfg(target_arch = "wasm32")]
+fn on_ctrl_c(_: Arc<AtomicBool>) {}
 
 fn progress_bar(total: u64, state: &TrainState, visible: bool) -> ProgressBar {
     let bar = if visible {

@@ -249,6 +249,18 @@ pub fn load_dataset(
         path: path.to_path_buf(),
         source,
     })?;
+    parse_dataset(path, &text, tokenizer, template, opts)
+}
+
+/// [`load_dataset`] on a file's contents (pasted or uploaded in a browser); `path` names it in
+/// errors.
+pub fn parse_dataset(
+    path: &Path,
+    text: &str,
+    tokenizer: Option<&Tokenizer>,
+    template: &ChatTemplate,
+    opts: &DatasetOptions,
+) -> Result<Dataset, DataError> {
     let mut loader = Loader {
         path,
         tokenizer,
@@ -261,7 +273,7 @@ pub fn load_dataset(
     if let Some(format) = opts.format {
         loader.set_format(format, None)?;
     }
-    for_each_row(path, &text, |line, row| loader.row(line, row))?;
+    for_each_row(path, text, |line, row| loader.row(line, row))?;
     let Loader {
         examples,
         bad_rows,

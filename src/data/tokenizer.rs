@@ -56,12 +56,27 @@ impl Tokenizer {
     /// and can be set with [`Tokenizer::with_special_ids`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Load {
+        let json = std::fs::read(path).map_err(|e| Error::Load {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let config = path.with_file_name("tokenizer_config.json");
-        let named = read_special_names(&config)?;
+        let config_path = path.with_file_name("tokenizer_config.json");
+        let config = std::fs::read(&config_path).ok();
+        Self::from_bytes(path, &json, config.as_deref())
+    }
+
+    /// [`Tokenizer::from_file`] on the contents of `tokenizer.json` and, when there is one,
+    /// `tokenizer_config.json` (a browser's picked files); `path` names `tokenizer.json` in
+    /// errors, its sibling `tokenizer_config.json` the config's.
+    pub fn from_bytes(path: &Path, json: &[u8], config: Option<&[u8]>) -> Result<Self, Error> {
+        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Load {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let named = match config {
+            Some(bytes) => special_names(&path.with_file_name("tokenizer_config.json"), bytes)?,
+            None => HashMap::new(),
+        };
         let id_of = |name: Option<&String>| name.and_then(|n| inner.token_to_id(n));
         let mut bos_id = id_of(named.get("bos_token"));
         let mut eos_id = id_of(named.get("eos_token"));
@@ -255,10 +270,8 @@ impl StreamDecoder<'_> {
 
 /// Reads `bos_token`, `eos_token`, `pad_token`, `unk_token` from a `tokenizer_config.json`
 /// (values are strings or `{"content": ...}`); an absent file gives an empty map.
-fn read_special_names(path: &Path) -> Result<HashMap<String, String>, Error> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(HashMap::new());
-    };
+fn special_names(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>, Error> {
+    let text = String::from_utf8_lossy(bytes);
     let load_err = |reason: String| Error::Load {
         path: path.to_path_buf(),
         reason,

@@ -130,17 +130,7 @@ pub fn generate(
     options: &GenerateOptions,
     mut on_token: impl FnMut(&str),
 ) -> Result<Generated, Error> {
-    if prompt_ids.is_empty() {
-        return Err(Error::EmptyPrompt);
-    }
-    let max = model.config.max_position_embeddings;
-    if prompt_ids.len() >= max {
-        return Err(Error::PromptTooLong {
-            prompt: prompt_ids.len(),
-            max,
-        });
-    }
-    let budget = options.max_new_tokens.min(max - prompt_ids.len());
+    let budget = token_budget(model, prompt_ids.len(), options.max_new_tokens)?;
     let mut sampler = Sampler::new(options.sampling(), options.seed);
     let mut decoder = tokenizer.stream_decoder(true);
     let mut cache = model.new_cache();
@@ -187,13 +177,33 @@ pub fn generate(
     })
 }
 
+/// How many tokens may follow a prompt of `prompt_len` tokens: `max_new_tokens`, capped by the
+/// model's context; an error for an empty prompt or one that fills the context.
+pub fn token_budget(
+    model: &Llama,
+    prompt_len: usize,
+    max_new_tokens: usize,
+) -> Result<usize, Error> {
+    if prompt_len == 0 {
+        return Err(Error::EmptyPrompt);
+    }
+    let max = model.config.max_position_embeddings;
+    if prompt_len >= max {
+        return Err(Error::PromptTooLong {
+            prompt: prompt_len,
+            max,
+        });
+    }
+    Ok(max_new_tokens.min(max - prompt_len))
+}
+
 /// Runs `input` through the model after what `cache` holds and returns the last position's
-/// logits `[v]` on the host.
-fn last_logits(
+/// logits `[v]`, still on the device (a browser reads them asynchronously).
+pub fn last_logits_tensor(
     model: &Llama,
     input: &[u32],
     cache: &mut crate::model::KvCache,
-) -> Result<Vec<f32>, Error> {
+) -> Tensor<1> {
     let device = model.embed_tokens.device();
     let s = input.len();
     let data: Vec<i64> = input.iter().map(|&id| i64::from(id)).collect();
@@ -203,6 +213,15 @@ fn last_logits(
     logits
         .narrow(1, s - 1, 1) // [1, 1, v]
         .reshape([v]) // [v]
+}
+
+/// [`last_logits_tensor`], read back to the host.
+fn last_logits(
+    model: &Llama,
+    input: &[u32],
+    cache: &mut crate::model::KvCache,
+) -> Result<Vec<f32>, Error> {
+    last_logits_tensor(model, input, cache)
         .try_into_vec_as::<f32>()
         .map_err(|e| Error::Readback(format!("{e:?}")))
 }

@@ -1,17 +1,21 @@
 //! Reading and writing checkpoints: safetensors files and sharded directories
 //! ([`safetensors`]), bitsandbytes' 4-bit key layout on top of them ([`bnb`]), and Python-exact
 //! JSON text for the files transformers reads ([`pyjson`]);
-//! GGUF files and their block decoders ([`gguf`]); the default model's cache ([`model_cache`]).
+//! GGUF files and their block decoders ([`gguf`]); the default model's cache ([`model_cache`]);
+//! stored ZIP archives for downloads ([`zip`]).
 
 pub mod bnb;
 pub mod gguf;
 pub mod model_cache;
 pub mod pyjson;
 pub mod safetensors;
+pub mod zip;
 
 use std::path::PathBuf;
 
-pub use self::safetensors::{Checkpoint, OwnedTensor, read_f32, write_safetensors};
+pub use self::safetensors::{
+    Checkpoint, OwnedTensor, SafetensorsFile, read_f32, serialize_safetensors, write_safetensors,
+};
 
 /// Errors from checkpoint I/O. Every variant names the file and, where there is one, the tensor.
 #[derive(Debug, thiserror::Error)]

@@ -83,6 +83,11 @@ impl SafetensorsFile {
     /// Reads and validates `path`.
     pub fn open(path: &Path) -> Result<Self, IoError> {
         let bytes = std::fs::read(path).map_err(os_err(path))?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// Validates a safetensors file held in memory; `path` names it in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, IoError> {
         let file = SafetensorsFile {
             path: path.to_path_buf(),
             bytes,
@@ -122,14 +127,20 @@ impl Checkpoint {
         } else {
             vec![path.to_path_buf()]
         };
-        let mut files = Vec::with_capacity(paths.len());
+        let files = paths
+            .iter()
+            .map(|p| SafetensorsFile::open(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_files(files)
+    }
+
+    /// A checkpoint of already read files (shards in any order).
+    pub fn from_files(files: Vec<SafetensorsFile>) -> Result<Self, IoError> {
         let mut names = BTreeMap::new();
-        for (i, p) in paths.iter().enumerate() {
-            let file = SafetensorsFile::open(p)?;
+        for (i, file) in files.iter().enumerate() {
             for name in file.tensors()?.names() {
                 names.insert(name.to_string(), i);
             }
-            files.push(file);
         }
         Ok(Checkpoint { files, names })
     }
@@ -240,12 +251,20 @@ pub fn write_safetensors(
     tensors: &BTreeMap<String, OwnedTensor>,
     path: &Path,
 ) -> Result<(), IoError> {
+    let bytes = serialize_safetensors(tensors, path)?;
+    std::fs::write(path, bytes).map_err(os_err(path))
+}
+
+/// The bytes [`write_safetensors`] writes (`path` names the file in errors).
+pub fn serialize_safetensors(
+    tensors: &BTreeMap<String, OwnedTensor>,
+    path: &Path,
+) -> Result<Vec<u8>, IoError> {
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let bytes = safetensors::tensor::serialize(tensors.iter(), Some(metadata)).map_err(|e| {
+    safetensors::tensor::serialize(tensors.iter(), Some(metadata)).map_err(|e| {
         IoError::NotSafetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),
         }
-    })?;
-    std::fs::write(path, bytes).map_err(os_err(path))
+    })
 }

@@ -48,13 +48,33 @@ pub fn load_hf_dir_with_progress(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Llama, LoadError> {
     let config = LlamaConfig::from_file(&dir.join(CONFIG_FILE))?;
+    load_checkpoint(
+        &config,
+        Checkpoint::open(dir)?,
+        dir,
+        quant,
+        device,
+        progress,
+    )
+}
+
+/// Builds the model of `config` from an opened checkpoint (files read from a directory or held
+/// in memory); `dir` names the model in errors.
+pub fn load_checkpoint(
+    config: &LlamaConfig,
+    ckpt: Checkpoint,
+    dir: &Path,
+    quant: Option<QuantConfig>,
+    device: &Device,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Llama, LoadError> {
     let mut source = CheckpointSource {
         bnb: config.is_bnb_quantized(),
-        ckpt: Checkpoint::open(dir)?,
+        ckpt,
         dir: dir.to_path_buf(),
         progress,
     };
-    build(&config, &mut source, quant, device)
+    build(config, &mut source, quant, device)
 }
 
 /// Builds the model from named f32 tensors: `get(name)` returns the row-major values and the

@@ -357,6 +357,29 @@ pub fn owned(t: Tensor<2>, name: &str) -> Result<OwnedTensor, AdapterError> {
     Ok(OwnedTensor::f32(shape, &values))
 }
 
+/// The two files of a PEFT adapter directory, `(name, contents)`: the weights
+/// (`adapter_model.safetensors`) and `adapter_config.json`. `dir` names them in errors.
+pub fn adapter_files(
+    tensors: &BTreeMap<String, OwnedTensor>,
+    config: &LoraConfig,
+    base_model: &str,
+    dir: &Path,
+) -> Result<[(&'static str, Vec<u8>); 2], AdapterError> {
+    if tensors.is_empty() {
+        return Err(AdapterError::Mismatch {
+            path: dir.to_path_buf(),
+            reason: "the model has no adapters to save".to_string(),
+        });
+    }
+    let weights = io::serialize_safetensors(tensors, &dir.join(WEIGHTS_FILE))?;
+    let text = serde_json::to_string_pretty(&config_json(config, base_model))
+        .expect("a JSON value serializes");
+    Ok([
+        (WEIGHTS_FILE, weights),
+        (CONFIG_FILE, (text + "\n").into_bytes()),
+    ])
+}
+
 /// Writes the model's adapters as a PEFT directory `dir` (created if needed): weights and config
 /// each go to a temporary name first and are renamed into place.
 pub fn save(
@@ -365,23 +388,13 @@ pub fn save(
     base_model: &str,
     dir: &Path,
 ) -> Result<(), AdapterError> {
-    let tensors = adapter_tensors(model)?;
-    if tensors.is_empty() {
-        return Err(AdapterError::Mismatch {
-            path: dir.to_path_buf(),
-            reason: "the model has no adapters to save".to_string(),
-        });
-    }
+    let files = adapter_files(&adapter_tensors(model)?, config, base_model, dir)?;
     std::fs::create_dir_all(dir).map_err(io::os_err(dir))?;
-    let weights = dir.join(WEIGHTS_FILE);
-    let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
-    io::write_safetensors(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &weights).map_err(io::os_err(&weights))?;
-    let cfg = dir.join(CONFIG_FILE);
-    let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
-    let text = serde_json::to_string_pretty(&config_json(config, base_model))
-        .expect("a JSON value serializes");
-    std::fs::write(&tmp, text + "\n").map_err(io::os_err(&tmp))?;
-    std::fs::rename(&tmp, &cfg).map_err(io::os_err(&cfg))?;
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, bytes).map_err(io::os_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io::os_err(&path))?;
+    }
     Ok(())
 }

@@ -260,6 +260,18 @@ pub fn set_dropout_active(model: &mut Llama, active: bool) {
     }
 }
 
+/// A copy of the model without its LoRA adapters: the base model, for comparing answers with
+/// and without an adapter (the frozen weights are shared, not copied).
+pub fn without_adapters(model: &Llama) -> Llama {
+    let mut base = model.clone();
+    for layer in &mut base.layers {
+        for target in TargetModule::ALL {
+            target.linear_mut(layer).adapter = None;
+        }
+    }
+    base
+}
+
 /// Every adapter of the model with its PEFT module prefix
 /// (`base_model.model.model.layers.{i}.{path}`), in layer then [`TargetModule::ALL`] order.
 pub fn adapters(model: &Llama) -> Vec<(String, &LoraAdapter)> {

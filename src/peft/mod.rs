@@ -8,4 +8,4 @@ pub mod merge;
 pub mod qst;
 
 pub use adapter_dir::{AdapterError, AdapterFile};
-pub use lora::{LoraConfig, TargetModule, adapters, attach, set_dropout_active};
+pub use lora::{LoraConfig, TargetModule, adapters, attach, set_dropout_active, without_adapters};

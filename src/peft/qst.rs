@@ -1000,7 +1000,7 @@ pub fn logits(
 /// Loss and side-network gradients of one micro-batch on an autodiff device, as
 /// `train::step::micro_step` computes them for LoRA: the loss is the summed next-token
 /// cross-entropy divided by `denom` (the target count of the whole optimizer step). Returns the
-/// summed cross-entropy (host value) and the gradient of `sum / denom` for every parameter in
+/// summed cross-entropy (`[1]`, on the device) and the gradient of `sum / denom` for every parameter in
 /// [`SideNetwork::named_params`] order (plain tensors; zeros where a parameter got none).
 ///
 /// # Shapes
@@ -1011,7 +1011,7 @@ pub fn loss_and_grads(
     ids: Tensor<2, Int>,
     labels: Tensor<2, Int>,
     denom: f64,
-) -> (f64, Vec<Tensor<2>>) {
+) -> (Tensor<1>, Vec<Tensor<2>>) {
     let [_, s] = ids.dims();
     let (hidden, normed) = llm_states(model, ids);
     let (_, _, mask) = model.positions(s);
@@ -1019,7 +1019,7 @@ pub fn loss_and_grads(
     drop(hidden);
     let (sum, _) = causal_lm_loss_sum(head(model, x), labels);
     let grads = sum.clone().div_scalar(denom as f32).backward();
-    let loss_sum = f64::from(sum.inner().into_scalar::<f32>());
+    let loss_sum = sum.inner();
     let grads = side
         .named_params()
         .iter()
@@ -1044,7 +1044,7 @@ pub fn loss_and_grads_checkpointed(
     ids: Tensor<2, Int>,
     labels: Tensor<2, Int>,
     denom: f64,
-) -> (f64, Vec<Tensor<2>>) {
+) -> (Tensor<1>, Vec<Tensor<2>>) {
     let [_, s] = ids.dims();
     let (hidden, normed) = llm_states(model, ids);
     let (_, _, mask) = model.positions(s);
@@ -1076,7 +1076,7 @@ pub fn loss_and_grads_checkpointed(
     // 2. The head from s_L.
     let s_last = states.pop().expect("s_L").require_grad();
     let (sum, _) = causal_lm_loss_sum(head(model, side.finish(s_last.clone(), normed)), labels);
-    let loss_sum = f64::from(sum.clone().inner().into_scalar::<f32>());
+    let loss_sum = sum.clone().inner();
     let g = sum.div_scalar(denom as f32).backward();
     collect(&g);
     let mut d = s_last.grad(&g).expect("s_L has a gradient"); // [b, s, H']

@@ -15,4 +15,4 @@ pub mod trainer;
 pub use config::TrainConfig;
 pub use optim::{AdamW, AdamWConfig, clip_global_norm};
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{Event, RunEnd, TrainError, TrainOptions, Trainer};
+pub use trainer::{Event, PendingStep, RunEnd, TrainError, TrainOptions, Trainer};

@@ -110,29 +110,36 @@ impl AdamW {
     }
 }
 
-/// The global L2 norm of `grads`, `√Σ‖gᵢ‖²`, read back to the host.
-pub fn global_norm(grads: &[Tensor<2>]) -> f64 {
-    let sq: f64 = grads
+/// The global L2 norm of `grads`, `√Σ‖gᵢ‖²`, as a `[1]` tensor on their device.
+///
+/// # Panics
+/// When `grads` is empty (a trainer always has at least one adapter tensor).
+pub fn global_norm(grads: &[Tensor<2>]) -> Tensor<1> {
+    grads
         .iter()
-        .map(|g| {
-            let s = (g.clone() * g.clone()).sum().into_scalar::<f32>();
-            f64::from(s)
-        })
-        .sum();
-    sq.sqrt()
+        .map(|g| (g.clone() * g.clone()).sum())
+        .reduce(|a, b| a + b)
+        .expect("at least one gradient")
+        .sqrt()
 }
 
 /// Clips `grads` in place to global norm `max_norm` (PyTorch's rule, see the module doc) and
-/// returns the norm before clipping. `max_norm <= 0` disables clipping (the norm is still
+/// returns the norm before clipping, `[1]` on the device: nothing is read back, so a step runs
+/// without waiting for the GPU. As in PyTorch the coefficient `min(1, c/(‖g‖ + 10⁻⁶))` is
+/// applied on the device even when it is 1. `max_norm <= 0` disables clipping (the norm is still
 /// measured, for the logs).
-pub fn clip_global_norm(grads: &mut [Tensor<2>], max_norm: f64) -> f64 {
+pub fn clip_global_norm(grads: &mut [Tensor<2>], max_norm: f64) -> Tensor<1> {
     let norm = global_norm(grads);
     if max_norm > 0.0 {
-        let coef = (max_norm / (norm + 1e-6)).min(1.0);
-        if coef < 1.0 {
-            for g in grads.iter_mut() {
-                *g = g.clone().mul_scalar(coef as f32);
-            }
+        let coef = norm
+            .clone()
+            .add_scalar(1e-6)
+            .recip()
+            .mul_scalar(max_norm as f32)
+            .clamp_max(1.0)
+            .unsqueeze::<2>(); // [1, 1]
+        for g in grads.iter_mut() {
+            *g = g.clone() * coef.clone();
         }
     }
     norm
@@ -181,14 +188,14 @@ mod tests {
     #[test]
     fn clipping_is_global() {
         let mut g = vec![t(&[3.0]), t(&[4.0])];
-        let norm = clip_global_norm(&mut g, 1.0);
+        let norm = clip_global_norm(&mut g, 1.0).into_scalar::<f32>();
         assert!((norm - 5.0).abs() < 1e-6);
         let a = g[0].clone().into_scalar::<f32>();
         let b = g[1].clone().into_scalar::<f32>();
         assert!((a - 0.6).abs() < 1e-5 && (b - 0.8).abs() < 1e-5, "{a} {b}");
         // Below the limit and disabled: untouched.
         let mut g = vec![t(&[0.3]), t(&[0.4])];
-        assert!((clip_global_norm(&mut g, 1.0) - 0.5).abs() < 1e-6);
+        assert!((clip_global_norm(&mut g, 1.0).into_scalar::<f32>() - 0.5).abs() < 1e-6);
         assert!((g[0].clone().into_scalar::<f32>() - 0.3).abs() < 1e-7);
         let mut g = vec![t(&[30.0])];
         clip_global_norm(&mut g, 0.0);

@@ -72,8 +72,9 @@ pub struct DeviceBatch {
 
 /// What one micro-batch produced.
 pub struct MicroResult {
-    /// Summed cross-entropy over the micro-batch's targets (host value).
-    pub loss_sum: f64,
+    /// Summed cross-entropy over the micro-batch's targets, `[1]`, still on the device (read it
+    /// when needed: a browser can only read asynchronously).
+    pub loss_sum: Tensor<1>,
     /// Gradient of `loss_sum / denom` for each parameter, in [`param_values`] order (plain
     /// tensors; zeros where a parameter got none).
     pub grads: Vec<Tensor<2>>,
@@ -135,7 +136,7 @@ fn whole(model: &Llama, batch: &DeviceBatch, denom: f64, micro_seed: u64) -> Mic
     let grads = sum.clone().div_scalar(denom as f32).backward();
     let params = param_values(model);
     MicroResult {
-        loss_sum: f64::from(sum.inner().into_scalar::<f32>()),
+        loss_sum: sum.inner(),
         grads: grads_of(&params, &grads),
     }
 }
@@ -158,7 +159,7 @@ fn layerwise(model: &Llama, batch: &DeviceBatch, denom: f64, micro_seed: u64) ->
     let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
     let h_last = inputs.pop().expect("layer outputs").require_grad();
     let (sum, _) = causal_lm_loss_sum(model.head(h_last.clone()), batch.labels.clone());
-    let loss_sum = f64::from(sum.clone().inner().into_scalar::<f32>());
+    let loss_sum = sum.clone().inner();
     let g = sum.div_scalar(denom as f32).backward();
     let mut d = h_last.grad(&g).expect("the head's input has a gradient"); // [b, s, hidden]
     // 3. Each layer again, last to first.

@@ -156,6 +156,24 @@ pub struct Trainer {
     names: Vec<String>,
     state: TrainState,
     schedule: Schedule,
+    /// The current epoch's batch order, `(epoch, batches)`.
+    batches: Option<(u64, Vec<Vec<usize>>)>,
+}
+
+/// One optimizer step whose results are still on the device ([`Trainer::step_pending`]).
+pub struct PendingStep {
+    /// Optimizer steps done, this one included.
+    pub step: u64,
+    /// Summed cross-entropy over the step's targets before the update, `[1]`.
+    pub loss_sum: Tensor<1>,
+    /// Target tokens of the step (the loss is `loss_sum / targets`).
+    pub targets: usize,
+    /// Global gradient norm before clipping, `[1]`.
+    pub grad_norm: Tensor<1>,
+    /// Learning rate of the update.
+    pub lr: f64,
+    /// Tokens (not padding) in the step's batches.
+    pub tokens: usize,
 }
 
 impl Trainer {
@@ -219,6 +237,7 @@ impl Trainer {
             names,
             state,
             schedule,
+            batches: None,
         })
     }
 
@@ -283,15 +302,13 @@ impl Trainer {
         Ok(())
     }
 
-    /// Mean loss over every target token of the eval set (`None` without one).
-    pub fn evaluate(&self) -> Option<f64> {
-        if self.eval.is_empty() {
-            return None;
-        }
+    /// Summed loss and target count over the eval set, `[1]` each on the device, without
+    /// reading them back (`None` without an eval set or targets).
+    pub fn eval_sums(&self) -> Option<(Tensor<1>, Tensor<1>)> {
         let mut model = self.model.clone().no_grad();
         peft::set_dropout_active(&mut model, false);
         let device = model.embed_tokens.device();
-        let (mut sum, mut count) = (0f64, 0f64);
+        let mut acc: Option<(Tensor<1>, Tensor<1>)> = None;
         for chunk in self.eval.chunks(self.opts.batch_size.max(1)) {
             let refs: Vec<&Example> = chunk.iter().collect();
             let b = collate(&refs, self.opts.pad_id);
@@ -300,10 +317,115 @@ impl Trainer {
             }
             let db = device_batch(&b.input_ids, &b.labels, [b.batch, b.seq], &device);
             let (s, n) = causal_lm_loss_sum(model.forward(db.input_ids, None), db.labels);
-            sum += f64::from(s.inner().into_scalar::<f32>());
-            count += f64::from(n.inner().into_scalar::<f32>());
+            let (s, n) = (s.inner(), n.inner());
+            acc = Some(match acc {
+                None => (s, n),
+                Some((a, c)) => (a + s, c + n),
+            });
         }
-        (count > 0.0).then(|| sum / count)
+        acc
+    }
+
+    /// Mean loss over every target token of the eval set (`None` without one).
+    pub fn evaluate(&self) -> Option<f64> {
+        let (sum, count) = self.eval_sums()?;
+        let count = f64::from(count.into_scalar::<f32>());
+        (count > 0.0).then(|| f64::from(sum.into_scalar::<f32>()) / count)
+    }
+
+    /// One optimizer step (its micro-batches, clipping, AdamW) without reading anything back
+    /// from the device: the loss and gradient norm come back as tensors, so a caller can read
+    /// them synchronously (native) or asynchronously (a browser, where blocking is not allowed).
+    pub fn step_pending(&mut self) -> Result<PendingStep, TrainError> {
+        let device = self.model.embed_tokens.device();
+        // The step's micro-batches, and its target count (the loss's denominator).
+        let mut micro = Vec::with_capacity(self.opts.grad_accum.max(1));
+        for _ in 0..self.opts.grad_accum.max(1) {
+            if self.state.batch_in_epoch >= self.batches_of(self.state.epoch).len() {
+                self.state.epoch += 1;
+                self.state.batch_in_epoch = 0;
+            }
+            let (epoch, at) = (self.state.epoch, self.state.batch_in_epoch);
+            let idx = self.batches_of(epoch)[at].clone();
+            let refs: Vec<&Example> = idx.iter().map(|&i| &self.train[i]).collect();
+            let tokens: usize = refs.iter().map(|e| e.input_ids.len()).sum();
+            micro.push((collate(&refs, self.opts.pad_id), tokens));
+            self.state.batch_in_epoch += 1;
+        }
+        let denom: usize = micro.iter().map(|(b, _)| b.targets).sum();
+        let tokens: usize = micro.iter().map(|(_, t)| t).sum();
+        let mut loss_sum: Option<Tensor<1>> = None;
+        let mut grads: Option<Vec<Tensor<2>>> = None;
+        for (k, (b, _)) in micro.iter().enumerate() {
+            if b.targets == 0 || b.seq < 2 {
+                continue;
+            }
+            let db = device_batch(&b.input_ids, &b.labels, [b.batch, b.seq], &device);
+            let seed = mix_seed(self.opts.seed, self.state.step, k as u64);
+            let out = match &self.model.side {
+                Some(side) => {
+                    let run = if self.opts.activation_checkpointing {
+                        qst::loss_and_grads_checkpointed
+                    } else {
+                        qst::loss_and_grads
+                    };
+                    let (loss_sum, grads) =
+                        run(&self.model, side, db.input_ids, db.labels, denom as f64);
+                    MicroResult { loss_sum, grads }
+                }
+                None => micro_step(
+                    &self.model,
+                    &db,
+                    denom as f64,
+                    self.opts.activation_checkpointing,
+                    seed,
+                ),
+            };
+            loss_sum = Some(match loss_sum {
+                None => out.loss_sum,
+                Some(acc) => acc + out.loss_sum,
+            });
+            grads = Some(match grads {
+                None => out.grads,
+                Some(acc) => acc.into_iter().zip(out.grads).map(|(a, g)| a + g).collect(),
+            });
+        }
+        let (Some(loss_sum), Some(mut grads)) = (loss_sum, grads) else {
+            return Err(TrainError::Invalid(format!(
+                "step {}: no target tokens in the step's batches",
+                self.state.step + 1
+            )));
+        };
+        let grad_norm = clip_global_norm(&mut grads, self.opts.max_grad_norm);
+        let lr = self.schedule.lr_at(self.state.step);
+        let values: Vec<Tensor<2>> = trainable(&self.model)
+            .into_iter()
+            .map(|(_, t)| t.inner())
+            .collect();
+        let new = self.opt.step(values, &grads, lr);
+        for ((_, p), v) in trainable_mut(&mut self.model).into_iter().zip(new) {
+            *p = Param::from_tensor(v.autodiff());
+        }
+        self.state.step += 1;
+        self.state.tokens += tokens as u64;
+        Ok(PendingStep {
+            step: self.state.step,
+            loss_sum,
+            targets: denom,
+            grad_norm,
+            lr,
+            tokens,
+        })
+    }
+
+    /// Epoch `epoch`'s batches (index lists into the training set), computed once per epoch.
+    fn batches_of(&mut self, epoch: u64) -> &[Vec<usize>] {
+        if self.batches.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let lengths: Vec<usize> = self.train.iter().map(|e| e.input_ids.len()).collect();
+            let order = epoch_batches(&lengths, self.opts.batch_size, self.opts.seed, epoch);
+            self.batches = Some((epoch, order));
+        }
+        &self.batches.as_ref().expect("just set").1
     }
 
     /// Runs until every planned step is done or `stop` is set (checked between updates; a
@@ -338,13 +460,6 @@ impl Trainer {
             on_event(&event);
             Ok(())
         };
-        let lengths: Vec<usize> = self.train.iter().map(|e| e.input_ids.len()).collect();
-        let mut batches = epoch_batches(
-            &lengths,
-            self.opts.batch_size,
-            self.opts.seed,
-            self.state.epoch,
-        );
         let device = self.model.embed_tokens.device();
         // The eval loss before any update, as the curve's starting point.
         if self.state.step == 0
@@ -359,85 +474,16 @@ impl Trainer {
                 return Ok(RunEnd::Stopped(self.state.step));
             }
             let started = Instant::now();
-            // The step's micro-batches, and its target count (the loss's denominator).
-            let mut micro = Vec::with_capacity(self.opts.grad_accum.max(1));
-            for _ in 0..self.opts.grad_accum.max(1) {
-                if self.state.batch_in_epoch >= batches.len() {
-                    self.state.epoch += 1;
-                    self.state.batch_in_epoch = 0;
-                    batches = epoch_batches(
-                        &lengths,
-                        self.opts.batch_size,
-                        self.opts.seed,
-                        self.state.epoch,
-                    );
-                }
-                let idx = &batches[self.state.batch_in_epoch];
-                self.state.batch_in_epoch += 1;
-                let refs: Vec<&Example> = idx.iter().map(|&i| &self.train[i]).collect();
-                let tokens: usize = refs.iter().map(|e| e.input_ids.len()).sum();
-                micro.push((collate(&refs, self.opts.pad_id), tokens));
-            }
-            let denom: usize = micro.iter().map(|(b, _)| b.targets).sum();
-            let step_tokens: usize = micro.iter().map(|(_, t)| t).sum();
-            let mut loss_sum = 0f64;
-            let mut grads: Option<Vec<Tensor<2>>> = None;
-            for (k, (b, _)) in micro.iter().enumerate() {
-                if b.targets == 0 || b.seq < 2 {
-                    continue;
-                }
-                let db = device_batch(&b.input_ids, &b.labels, [b.batch, b.seq], &device);
-                let seed = mix_seed(self.opts.seed, self.state.step, k as u64);
-                let out = match &self.model.side {
-                    Some(side) => {
-                        let run = if self.opts.activation_checkpointing {
-                            qst::loss_and_grads_checkpointed
-                        } else {
-                            qst::loss_and_grads
-                        };
-                        let (loss_sum, grads) =
-                            run(&self.model, side, db.input_ids, db.labels, denom as f64);
-                        MicroResult { loss_sum, grads }
-                    }
-                    None => micro_step(
-                        &self.model,
-                        &db,
-                        denom as f64,
-                        self.opts.activation_checkpointing,
-                        seed,
-                    ),
-                };
-                loss_sum += out.loss_sum;
-                grads = Some(match grads {
-                    None => out.grads,
-                    Some(acc) => acc.into_iter().zip(out.grads).map(|(a, g)| a + g).collect(),
-                });
-            }
-            let Some(mut grads) = grads else {
-                return Err(TrainError::Invalid(format!(
-                    "step {}: no target tokens in the step's batches",
-                    self.state.step + 1
-                )));
-            };
-            let loss = loss_sum / denom as f64;
+            let pending = self.step_pending()?;
+            let loss = f64::from(pending.loss_sum.into_scalar::<f32>()) / pending.targets as f64;
             if !loss.is_finite() {
                 return Err(TrainError::Diverged {
-                    step: self.state.step + 1,
+                    step: self.state.step,
                     loss,
                 });
             }
-            let grad_norm = clip_global_norm(&mut grads, self.opts.max_grad_norm);
-            let lr = self.schedule.lr_at(self.state.step);
-            let values: Vec<Tensor<2>> = trainable(&self.model)
-                .into_iter()
-                .map(|(_, t)| t.inner())
-                .collect();
-            let new = self.opt.step(values, &grads, lr);
-            for ((_, p), v) in trainable_mut(&mut self.model).into_iter().zip(new) {
-                *p = Param::from_tensor(v.autodiff());
-            }
-            self.state.step += 1;
-            self.state.tokens += step_tokens as u64;
+            let (lr, step_tokens) = (pending.lr, pending.tokens);
+            let grad_norm = f64::from(pending.grad_norm.into_scalar::<f32>());
             let secs = started.elapsed().as_secs_f64();
             self.state.elapsed_s += secs;
             let metrics = StepMetrics {

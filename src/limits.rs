@@ -1,0 +1,176 @@
+//! What a model and a training step ask of a GPU's buffer limits, checked before anything is
+//! allocated. In a browser an allocation past a WebGPU limit does not fail loudly, it reads back
+//! zeros (DESIGN.md §5), so the web page refuses up front and says which limit and by how much.
+
+use serde::Serialize;
+
+use crate::model::LlamaConfig;
+
+/// The limits of a device that matter here (WebGPU's names, as JSON too).
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceLimits {
+    /// Largest buffer a shader may bind as storage.
+    pub max_storage_buffer_binding_size: u64,
+    /// Largest buffer.
+    pub max_buffer_size: u64,
+    /// Workgroup memory per workgroup, bytes.
+    pub max_compute_workgroup_storage_size: u32,
+    /// Invocations per workgroup.
+    pub max_compute_invocations_per_workgroup: u32,
+}
+
+impl DeviceLimits {
+    /// The largest one buffer may be, and the limit that sets it.
+    fn largest_buffer(&self) -> (u64, &'static str) {
+        if self.max_storage_buffer_binding_size <= self.max_buffer_size {
+            (
+                self.max_storage_buffer_binding_size,
+                "maxStorageBufferBindingSize",
+            )
+        } else {
+            (self.max_buffer_size, "maxBufferSize")
+        }
+    }
+}
+
+/// One buffer a model or a step needs.
+struct Need {
+    what: String,
+    bytes: u64,
+    hint: &'static str,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// The first need over the limit, as a sentence.
+fn check(needs: &[Need], limits: &DeviceLimits) -> Result<(), String> {
+    let (limit, name) = limits.largest_buffer();
+    match needs.iter().find(|n| n.bytes > limit) {
+        None => Ok(()),
+        Some(n) => Err(format!(
+            "{} needs {} in one buffer, but this device's {name} is {} ({} over). {}",
+            n.what,
+            mib(n.bytes),
+            mib(limit),
+            mib(n.bytes - limit),
+            n.hint
+        )),
+    }
+}
+
+/// The model's largest resident buffers: the f32 embedding table and LM head, and its biggest
+/// projection (packed 4-bit when quantized, f32 otherwise).
+pub fn check_model(
+    config: &LlamaConfig,
+    quantized: bool,
+    limits: &DeviceLimits,
+) -> Result<(), String> {
+    let (v, h, i) = (
+        config.vocab_size as u64,
+        config.hidden_size as u64,
+        config.intermediate_size as u64,
+    );
+    let proj = if quantized { h * i / 2 } else { h * i * 4 };
+    let needs = [
+        Need {
+            what: format!("The embedding table ({v} tokens x {h}, f32)"),
+            bytes: v * h * 4,
+            hint: "Pick a model with a smaller vocabulary or hidden size.",
+        },
+        Need {
+            what: format!(
+                "The MLP projection ({i} x {h}, {})",
+                if quantized { "4-bit" } else { "f32" }
+            ),
+            bytes: proj,
+            hint: "Load it quantized (NF4) or pick a smaller model.",
+        },
+    ];
+    check(&needs, limits)
+}
+
+/// A training step's largest activations: the logits `[b, s, vocab]` (and their softmax and
+/// gradient, the same size) and the attention scores `[b, heads, s, s]`, for `batch` rows of
+/// `seq` tokens.
+pub fn check_step(
+    config: &LlamaConfig,
+    batch: usize,
+    seq: usize,
+    limits: &DeviceLimits,
+) -> Result<(), String> {
+    let (b, s) = (batch as u64, seq as u64);
+    let needs = [
+        Need {
+            what: format!(
+                "A step's logits ({b} rows x {s} tokens x {} vocabulary, f32)",
+                config.vocab_size
+            ),
+            bytes: b * s * config.vocab_size as u64 * 4,
+            hint: "Lower the batch size or the max length.",
+        },
+        Need {
+            what: format!(
+                "A step's attention scores ({b} x {} heads x {s} x {s}, f32)",
+                config.num_attention_heads
+            ),
+            bytes: b * config.num_attention_heads as u64 * s * s * 4,
+            hint: "Lower the batch size or the max length.",
+        },
+    ];
+    check(&needs, limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm2() -> LlamaConfig {
+        LlamaConfig::from_json(
+            r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+                "num_hidden_layers": 30, "num_key_value_heads": 3, "vocab_size": 49152,
+                "rms_norm_eps": 1e-5, "max_position_embeddings": 8192}"#,
+            std::path::Path::new("config.json"),
+        )
+        .unwrap()
+    }
+
+    /// WebGPU's default limits: 128 MiB bindings, 256 MiB buffers.
+    const DEFAULT: DeviceLimits = DeviceLimits {
+        max_storage_buffer_binding_size: 128 << 20,
+        max_buffer_size: 256 << 20,
+        max_compute_workgroup_storage_size: 16384,
+        max_compute_invocations_per_workgroup: 256,
+    };
+
+    #[test]
+    fn smollm2_fits_the_default_limits_at_small_steps() {
+        let c = smollm2();
+        check_model(&c, true, &DEFAULT).unwrap();
+        check_step(&c, 1, 256, &DEFAULT).unwrap();
+        // 4 x 256 x 49152 x 4 = 192 MiB of logits: over by 64 MiB.
+        let err = check_step(&c, 4, 256, &DEFAULT).unwrap_err();
+        assert!(
+            err.contains("maxStorageBufferBindingSize is 128.0 MiB"),
+            "{err}"
+        );
+        assert!(err.contains("64.0 MiB over"), "{err}");
+        assert!(err.contains("Lower the batch size"), "{err}");
+    }
+
+    #[test]
+    fn a_tiny_binding_limit_refuses_the_embedding() {
+        let limits = DeviceLimits {
+            max_storage_buffer_binding_size: 64 << 20,
+            ..DEFAULT
+        };
+        let err = check_model(&smollm2(), true, &limits).unwrap_err();
+        assert!(
+            err.starts_with("The embedding table (49152 tokens x 576, f32) needs 108.0 MiB"),
+            "{err}"
+        );
+    }
+}

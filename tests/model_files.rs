@@ -1,0 +1,108 @@
+//! Models from files held in memory (`ModelFiles`, how the browser demo loads picked files)
+//! against the same files loaded from disk, and the errors for incomplete or corrupt sets.
+//!
+//! Fixture: `../shared/fixtures/tiny-llama` (model-f32 and the bnb NF4 checkpoint).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Int, Tensor, TensorData};
+use wgtune::pretrained::{ModelFiles, ModelFormat, Pretrained};
+use wgtune::quant::QuantConfig;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/tiny-llama")
+        .join(rel)
+}
+
+fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+fn logits(p: &Pretrained) -> Vec<f32> {
+    let device = p.model.embed_tokens.device();
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(vec![1i64, 17, 42, 255, 3, 99], [1, 6]),
+        &device,
+    );
+    common::values(p.model.forward(ids, None))
+}
+
+/// Same files, same model: the in-memory load gives bit-identical logits, float and NF4.
+#[test]
+fn memory_load_equals_disk_load() {
+    let device = common::cpu();
+    for (dir, quant) in [
+        ("model-f32", None),
+        ("model-f32", Some(QuantConfig::default())),
+        ("model-bnb-nf4", Some(QuantConfig::default())),
+    ] {
+        let path = fixture(dir);
+        let disk = Pretrained::load(&path, quant, &device).unwrap();
+        let opened = ModelFiles::open(Path::new("picked"), files_of(&path)).unwrap();
+        assert_eq!(opened.format(), ModelFormat::HfDir);
+        assert_eq!(opened.config().num_hidden_layers, 2);
+        let mut read = 0u64;
+        let memory = opened.load(quant, &device, &mut |n| read += n).unwrap();
+        assert!(read > 0, "progress was reported");
+        assert_eq!(logits(&memory), logits(&disk), "{dir} with {quant:?}");
+    }
+}
+
+#[test]
+fn incomplete_or_corrupt_sets_are_named() {
+    let path = fixture("model-f32");
+    let err = |files: BTreeMap<String, Vec<u8>>| match ModelFiles::open(Path::new("picked"), files)
+    {
+        Ok(_) => panic!("opened"),
+        Err(e) => e.to_string(),
+    };
+
+    let mut files = files_of(&path);
+    files.remove("config.json");
+    let e = err(files);
+    assert!(
+        e.starts_with("picked: no config.json among the files"),
+        "{e}"
+    );
+
+    let mut files = files_of(&path);
+    files.remove("model.safetensors");
+    let e = err(files);
+    assert!(e.contains("no *.safetensors"), "{e}");
+
+    let mut files = files_of(&path);
+    files.get_mut("model.safetensors").unwrap().truncate(1000);
+    let e = err(files);
+    assert!(
+        e.starts_with("picked/model.safetensors: not a valid safetensors file"),
+        "{e}"
+    );
+
+    let mut files = files_of(&path);
+    files.insert("config.json".into(), b"{\"model_type\": ".to_vec());
+    let e = err(files);
+    assert!(e.contains("picked/config.json"), "{e}");
+
+    // An unnamed set names files by their own names.
+    let e = match ModelFiles::open(Path::new(""), BTreeMap::new()) {
+        Ok(_) => panic!("opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.starts_with("no config.json among the files"), "{e}");
+
+    // A GGUF is known by its magic; a truncated one names the file.
+    let files = BTreeMap::from([("m.bin".to_string(), b"GGUF\x03\x00\x00\x00".to_vec())]);
+    let e = err(files);
+    assert!(e.contains("picked/m.bin"), "{e}");
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the browser demo's wasm package into web/pkg/ (wgtune_web.js + wgtune_web_bg.wasm):
+# the wgtune-web crate for wasm32-unknown-unknown, then the wasm-bindgen CLI of exactly the
+# version in Cargo.lock (installed into ~/.cargo/bin on first use). Skips the work when
+# web/pkg is newer than every source file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/wgtune-target}"
+pkg=web/pkg
+wasm="$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/wgtune_web.wasm"
+
+if [[ -f $pkg/wgtune_web_bg.wasm && "${1:-}" != "--force" ]] &&
+  [[ -z $(find src shaders web/src Cargo.toml Cargo.lock web/Cargo.toml -newer "$pkg/wgtune_web_bg.wasm" -print -quit) ]]; then
+  echo "web/pkg is up to date"
+  exit 0
+fi
+
+rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
+if [[ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$version" ]]; then
+  echo "installing wasm-bindgen-cli $version"
+  # Not --locked: one of its locked dependencies is missing from the registry (DESIGN.md §5).
+  cargo install -q wasm-bindgen-cli --version "$version"
+fi
+
+cargo build --release --locked --target wasm32-unknown-unknown -p wgtune-web
+rm -rf "$pkg.tmp"
+wasm-bindgen --target web --no-typescript --out-dir "$pkg.tmp" "$wasm"
+rm -rf "$pkg"
+mv "$pkg.tmp" "$pkg"
+echo "built $pkg ($(du -h "$pkg/wgtune_web_bg.wasm" | cut -f1))"

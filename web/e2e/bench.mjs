@@ -1,0 +1,65 @@
+// Browser benchmark on a real model (not part of CI): serves MODEL (default: the cached
+// SmolLM2-135M-Instruct GGUF), loads it in Chromium's WebGPU, trains STEPS QLoRA steps on the
+// quickstart's date data, and prints load time, per-step time, tokens/s and device memory.
+//
+//   node web/e2e/bench.mjs                       # SwiftShader (no GPU needed; slow)
+//   CHROMIUM_ARGS="--use-angle=vulkan" MODEL=path/to/model.gguf STEPS=10 node web/e2e/bench.mjs
+//
+// Env: WGTUNE (binary), MODEL, STEPS (5), BATCH (1), MAX_LEN (64), R (16), QUANT (nf4).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { launch, startServer, watchConsole } from './browser.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '../..');
+const env = process.env;
+const WGTUNE = env.WGTUNE ?? path.join(os.homedir(), '.cache/wgtune-target/release/wgtune');
+const MODEL = env.MODEL ?? path.join(env.WGTUNE_CACHE ?? path.join(os.homedir(), '.cache/wgtune'),
+  'SmolLM2-135M-Instruct.Q4_1.gguf');
+const STEPS = Number(env.STEPS ?? 5);
+
+const { server, url } = await startServer(WGTUNE, path.join(root, 'web'), MODEL);
+try {
+  const browser = await launch(true);
+  const page = await browser.newPage();
+  const problems = [];
+  watchConsole(page, problems);
+  await page.goto(url);
+  await page.waitForFunction(() => window.wgtune.ready || window.wgtune.error, null, { timeout: 120000 });
+  console.log('device:', JSON.stringify(await page.evaluate(() => window.wgtune.device)));
+  await page.selectOption('#quant', env.QUANT ?? 'nf4');
+  const t0 = Date.now();
+  await page.click('#load-default');
+  await page.waitForFunction(() => window.wgtune.model || window.wgtune.error, null, { timeout: 1200000 });
+  const model = await page.evaluate(() => window.wgtune.model ?? window.wgtune.error);
+  console.log(`model: ${JSON.stringify(model)} (${((Date.now() - t0) / 1000).toFixed(1)} s with the download)`);
+  await page.fill('#dataset', fs.readFileSync(path.join(root, 'data/quickstart/train.jsonl'), 'utf8'));
+  await page.fill('#steps', String(STEPS));
+  await page.fill('#batch', env.BATCH ?? '1');
+  await page.fill('#max-len', env.MAX_LEN ?? '64');
+  await page.fill('#r', env.R ?? '16');
+  await page.fill('#alpha', String(2 * Number(env.R ?? 16)));
+  await page.fill('#lr', '0.0002');
+  await page.click('#train');
+  await page.waitForFunction(() => window.wgtune.trained || window.wgtune.error, null, { timeout: 3600000 });
+  const st = await page.evaluate(() => ({ steps: window.wgtune.steps, error: window.wgtune.error,
+    before: window.wgtune.evalBefore, after: window.wgtune.evalAfter }));
+  if (st.error) throw new Error(st.error);
+  for (const s of st.steps) {
+    console.log(`step ${s.step}: loss ${s.loss.toFixed(4)}  ${(s.ms / 1000).toFixed(2)} s  ` +
+      `${s.tokens_per_s.toFixed(1)} tokens/s  device memory ${(s.mem_bytes / 1048576).toFixed(0)} MiB`);
+  }
+  const steady = st.steps.slice(1);
+  const secs = steady.reduce((a, s) => a + s.ms, 0) / 1000;
+  if (steady.length > 0) {
+    console.log(`steady state: ${(steady.length / secs).toFixed(3)} steps/s, ` +
+      `${(steady.reduce((a, s) => a + s.tokens, 0) / secs).toFixed(1)} tokens/s; ` +
+      `eval ${st.before.loss.toFixed(4)} -> ${st.after.loss.toFixed(4)} (${st.before.tokens} tokens)`);
+  }
+  if (problems.length > 0) console.log(`${problems.length} console errors`);
+  await browser.close();
+} finally {
+  server.kill();
+}

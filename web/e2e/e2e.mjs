@@ -1,0 +1,276 @@
+// End-to-end test of the browser demo, run by .ci/run (after web/build.sh):
+//
+//  1. builds a tiny model: the fixtures' random 2-layer LLaMA (vocab 256) with a byte-level
+//     tokenizer of exactly 256 tokens, so text rows and chat work on it;
+//  2. serves web/ with it as the default model (`wgtune serve-web`);
+//  3. in Debian's Chromium, headless, WebGPU on SwiftShader: loads the default model, then the
+//     same files through the file picker, trains 24 steps on a small text dataset, asserts the
+//     loss fell, generates text with and without the adapter, downloads the adapter zip, and
+//     saves a screenshot (out/trained.png);
+//  4. checks with the native binary that the adapter loads and gives the eval loss the page
+//     reported (within 1e-3), and that `wgtune train` with the same settings on llvmpipe follows
+//     the same loss curve;
+//  5. starts Chromium without the WebGPU flag and checks the page says there is no WebGPU.
+//
+// Env: WGTUNE (the native binary), FIXTURES (../shared/fixtures), OUT (default web/e2e/out).
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { launch, startServer, watchConsole } from './browser.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '../..');
+const WGTUNE = process.env.WGTUNE ?? path.join(process.env.HOME, '.cache/wgtune-target/release/wgtune');
+const FIXTURES = path.resolve(process.env.FIXTURES ?? path.join(root, '../shared/fixtures'));
+const OUT = path.resolve(process.env.OUT ?? path.join(here, 'out'));
+const SETTINGS = { r: 8, alpha: 16, lr: 0.01, steps: 24, maxLen: 64, batch: 4 };
+
+function check(ok, message) {
+  if (!ok) throw new Error(`FAILED: ${message}`);
+  console.log(`ok: ${message}`);
+}
+
+// GPT-2's byte <-> unicode map, which the ByteLevel pre-tokenizer and decoder use.
+function bytesToUnicode() {
+  const bs = [];
+  for (let b = 33; b <= 126; b++) bs.push(b);
+  for (let b = 161; b <= 172; b++) bs.push(b);
+  for (let b = 174; b <= 255; b++) bs.push(b);
+  const cs = [...bs];
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    if (!bs.includes(b)) { bs.push(b); cs.push(256 + n); n++; }
+  }
+  const map = new Array(256);
+  bs.forEach((b, i) => { map[b] = String.fromCodePoint(cs[i]); });
+  return map;
+}
+
+function tinyModel(dir) {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  for (const f of ['config.json', 'model.safetensors']) {
+    fs.copyFileSync(path.join(FIXTURES, 'tiny-llama/model-f32', f), path.join(dir, f));
+  }
+  const vocab = {};
+  bytesToUnicode().forEach((ch, b) => { vocab[ch] = b; });
+  const tokenizer = {
+    version: '1.0', truncation: null, padding: null, added_tokens: [], normalizer: null,
+    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
+    post_processor: null,
+    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null,
+      end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false,
+      vocab, merges: [],
+    },
+  };
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tokenizer));
+  return dir;
+}
+
+const ROWS = [
+  'the cat sat on the mat.', 'the dog sat on the log.', 'a cat and a dog sat.',
+  'the cat saw the dog.', 'the dog saw the cat.', 'on the mat sat the cat.',
+  'the mat was red.', 'the log was wet.', 'a red mat, a wet log.', 'the cat ran to the mat.',
+  'the dog ran to the log.', 'a cat, a dog, a mat.',
+];
+
+function wgtune(args) {
+  const r = spawnSync(WGTUNE, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`wgtune ${args.join(' ')} failed:\n${r.stderr}`);
+  return r.stdout;
+}
+
+async function main() {
+  fs.mkdirSync(OUT, { recursive: true });
+  const modelDir = tinyModel(path.join(OUT, 'tiny-model'));
+  const dataPath = path.join(OUT, 'data.jsonl');
+  fs.writeFileSync(dataPath, ROWS.map((t) => JSON.stringify({ text: t })).join('\n') + '\n');
+  const { server, url } = await startServer(WGTUNE, path.join(root, 'web'), modelDir);
+  const results = {};
+  try {
+    // --- The trained page.
+    const browser = await launch(true);
+    const page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1100, height: 900 } });
+    const problems = [];
+    watchConsole(page, problems);
+    await page.goto(url);
+    await page.waitForFunction(() => window.wgtune.ready || window.wgtune.error, null, { timeout: 120000 });
+    const device = await page.evaluate(() => window.wgtune.device);
+    check(device !== null, `WebGPU started: ${JSON.stringify(device)}`);
+    results.device = device;
+
+    await page.click('#load-default');
+    await page.waitForFunction(() => window.wgtune.model || window.wgtune.error, null, { timeout: 120000 });
+    const viaDefault = await page.evaluate(() => window.wgtune.model);
+    check(viaDefault && viaDefault.vocab === 256 && viaDefault.layers === 2,
+      `default model loaded: ${viaDefault?.name}, ${viaDefault?.format}, ${viaDefault?.params} weights`);
+
+    await page.setInputFiles('#model-files', ['config.json', 'model.safetensors', 'tokenizer.json']
+      .map((f) => path.join(modelDir, f)));
+    await page.waitForFunction(() => window.wgtune.model?.name?.includes('+') || window.wgtune.error,
+      null, { timeout: 120000 });
+    const model = await page.evaluate(() => window.wgtune.model);
+    check(model && model.has_tokenizer && model.quant === 'nf4', `picked files loaded as NF4: ${model?.name}`);
+
+    await page.fill('#dataset', fs.readFileSync(dataPath, 'utf8'));
+    await page.fill('#r', String(SETTINGS.r));
+    await page.fill('#alpha', String(SETTINGS.alpha));
+    await page.fill('#lr', String(SETTINGS.lr));
+    await page.fill('#steps', String(SETTINGS.steps));
+    await page.fill('#max-len', String(SETTINGS.maxLen));
+    await page.fill('#batch', String(SETTINGS.batch));
+    await page.fill('#eval-fraction', '0');
+    const trainStart = Date.now();
+    await page.click('#train');
+    await page.waitForFunction(() => window.wgtune.trained || window.wgtune.error, null, { timeout: 900000 });
+    const trainWall = (Date.now() - trainStart) / 1000;
+    const st = await page.evaluate(() => ({
+      error: window.wgtune.error, steps: window.wgtune.steps,
+      evalBefore: window.wgtune.evalBefore, evalAfter: window.wgtune.evalAfter,
+    }));
+    check(!st.error, `training ran without an error (${st.error ?? 'none'})`);
+    check(st.steps.length === SETTINGS.steps, `${st.steps.length} steps trained`);
+    const losses = st.steps.map((s) => s.loss);
+    const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const first = mean(losses.slice(0, 4));
+    const last = mean(losses.slice(-4));
+    check(last < first * 0.8, `loss fell: first 4 steps ${first.toFixed(4)} -> last 4 ${last.toFixed(4)}`);
+    check(st.evalAfter.loss < st.evalBefore.loss,
+      `eval loss fell: ${st.evalBefore.loss.toFixed(4)} -> ${st.evalAfter.loss.toFixed(4)}`);
+    // Steady-state speed: the first step compiles the pipelines.
+    const steady = st.steps.slice(1);
+    const stepSecs = steady.reduce((a, s) => a + s.ms, 0) / 1000;
+    results.page = {
+      steps_per_s: steady.length / stepSecs,
+      tokens_per_s: steady.reduce((a, s) => a + s.tokens, 0) / stepSecs,
+      first_step_ms: st.steps[0].ms,
+      train_wall_s: trainWall,
+      losses, eval_before: st.evalBefore.loss, eval_after: st.evalAfter.loss,
+    };
+
+    await page.fill('#prompt', 'the cat');
+    await page.uncheck('#as-chat');
+    await page.fill('#max-new', '24');
+    await page.click('#send');
+    await page.waitForFunction(() => (window.wgtune.answers.adapter && window.wgtune.answers.base) || window.wgtune.error,
+      null, { timeout: 300000 });
+    const answers = await page.evaluate(() => window.wgtune.answers);
+    check(answers.adapter && answers.adapter.tokens > 0 && answers.adapter.text.length > 0,
+      `generated with the adapter: ${JSON.stringify(answers.adapter?.text)} (${answers.adapter?.tokens_per_s?.toFixed(1)} tokens/s)`);
+    check(answers.base && answers.base.tokens > 0, `generated without it: ${JSON.stringify(answers.base?.text)}`);
+    results.page.generate_tokens_per_s = answers.adapter.tokens_per_s;
+
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+    const zipPath = path.join(OUT, 'adapter.zip');
+    await download.saveAs(zipPath);
+    check(fs.statSync(zipPath).size > 0, `adapter downloaded (${fs.statSync(zipPath).size} bytes)`);
+    await page.screenshot({ path: path.join(OUT, 'trained.png'), fullPage: true });
+
+    // --- Clear errors, and Stop.
+    const errorAfter = async (action) => {
+      await page.evaluate(() => { window.wgtune.error = null; });
+      await action();
+      await page.waitForFunction(() => window.wgtune.error, null, { timeout: 120000 });
+      return page.evaluate(() => window.wgtune.error);
+    };
+    let err = await errorAfter(async () => {
+      await page.fill('#dataset', '{"text": "fine"}\n{"text": 5}\n');
+      await page.click('#train');
+    });
+    check(/dataset:2/.test(err), `a bad dataset row is named: ${err}`);
+    await page.fill('#dataset', fs.readFileSync(dataPath, 'utf8'));
+    await page.fill('#batch', '300000');
+    err = await errorAfter(() => page.click('#train'));
+    check(/maxStorageBufferBindingSize is 1024\.0 MiB/.test(err) && /over/.test(err),
+      `a step past the device's limits is refused: ${err}`);
+    await page.fill('#batch', String(SETTINGS.batch));
+    const corrupt = path.join(OUT, 'corrupt-model');
+    fs.rmSync(corrupt, { recursive: true, force: true });
+    fs.mkdirSync(corrupt);
+    fs.copyFileSync(path.join(modelDir, 'config.json'), path.join(corrupt, 'config.json'));
+    fs.writeFileSync(path.join(corrupt, 'model.safetensors'),
+      fs.readFileSync(path.join(modelDir, 'model.safetensors')).subarray(0, 5000));
+    err = await errorAfter(() => page.setInputFiles('#model-files',
+      ['config.json', 'model.safetensors'].map((f) => path.join(corrupt, f))));
+    check(/model\.safetensors/.test(err) && /safetensors/.test(err), `a truncated model file is named: ${err}`);
+    check(await page.isDisabled('#train'), 'Train is disabled without a model');
+
+    await page.click('#load-default');
+    await page.waitForFunction(() => window.wgtune.model, null, { timeout: 120000 });
+    await page.fill('#steps', '500');
+    await page.click('#train');
+    await page.waitForFunction(() => window.wgtune.steps.length >= 2, null, { timeout: 300000 });
+    await page.click('#stop');
+    await page.waitForFunction(() => window.wgtune.trained || window.wgtune.error, null, { timeout: 300000 });
+    const stopped = await page.evaluate(() => ({ n: window.wgtune.steps.length, stopped: window.wgtune.stopped,
+      error: window.wgtune.error, status: document.getElementById('train-status').textContent }));
+    check(stopped.stopped && !stopped.error && stopped.n < 10, `Stop ends the run after the current step: ${stopped.status}`);
+    check(problems.length === 0, `no console errors or panics (${problems.length})`);
+    await browser.close();
+
+    // --- The adapter in the native binary.
+    const unzipped = path.join(OUT, 'unzipped');
+    fs.rmSync(unzipped, { recursive: true, force: true });
+    const py = spawnSync('python3', ['-m', 'zipfile', '-e', zipPath, unzipped], { encoding: 'utf8' });
+    check(py.status === 0, `python's zipfile extracts the archive (CRCs checked) ${py.stderr}`);
+    const evalOut = JSON.parse(wgtune(['eval', '--model', modelDir, '--adapter', path.join(unzipped, 'adapter'),
+      '--data', dataPath, '--max-len', String(SETTINGS.maxLen), '--quant', 'nf4', '--device', 'cpu', '--json']));
+    const diff = Math.abs(evalOut.loss - st.evalAfter.loss);
+    check(diff < 1e-3, `native eval of the downloaded adapter ${evalOut.loss.toFixed(6)} vs page ` +
+      `${st.evalAfter.loss.toFixed(6)} (diff ${diff.toExponential(2)})`);
+    results.native_eval = evalOut.loss;
+
+    // --- The same run natively on llvmpipe: speed, and the loss curve.
+    const nativeOut = path.join(OUT, 'native-run');
+    fs.rmSync(nativeOut, { recursive: true, force: true });
+    const nativeStart = Date.now();
+    wgtune(['train', '--model', modelDir, '--data', dataPath, '--out', nativeOut, '--device', 'wgpu',
+      '--quant', 'nf4', '--lora-r', String(SETTINGS.r), '--lora-alpha', String(SETTINGS.alpha),
+      '--lora-dropout', '0', '--target-modules', 'all-linear', '--lr', String(SETTINGS.lr),
+      '--schedule', 'constant', '--warmup-steps', '0', '--weight-decay', '0', '--max-grad-norm', '1',
+      '--batch-size', String(SETTINGS.batch), '--steps', String(SETTINGS.steps),
+      '--max-len', String(SETTINGS.maxLen), '--eval-split', '0', '--seed', '42']);
+    const nativeWall = (Date.now() - nativeStart) / 1000;
+    const metrics = fs.readFileSync(path.join(nativeOut, 'metrics.jsonl'), 'utf8').trim().split('\n')
+      .map((l) => JSON.parse(l)).filter((m) => m.step !== undefined && m.loss !== undefined);
+    const nativeLosses = metrics.map((m) => m.loss);
+    const worst = Math.max(...nativeLosses.map((l, i) => Math.abs(l - losses[i])));
+    const stepTokens = metrics.map((m, i) => m.tokens - (i > 0 ? metrics[i - 1].tokens : 0));
+    const stepSecsNative = metrics.map((m, i) => stepTokens[i] / m.tokens_per_s);
+    const nSecs = stepSecsNative.slice(1).reduce((a, b) => a + b, 0);
+    results.native = {
+      steps_per_s: (metrics.length - 1) / nSecs,
+      tokens_per_s: stepTokens.slice(1).reduce((a, b) => a + b, 0) / nSecs,
+      wall_s: nativeWall, losses: nativeLosses, worst_loss_diff: worst,
+    };
+    check(nativeLosses.length === losses.length && worst < 1e-3,
+      `native llvmpipe run follows the page's loss curve (worst step diff ${worst.toExponential(2)})`);
+
+    // --- No WebGPU.
+    const plain = await launch(false);
+    const p2 = await plain.newPage();
+    await p2.goto(url);
+    await p2.waitForFunction(() => window.wgtune.noWebgpu || window.wgtune.ready || window.wgtune.error,
+      null, { timeout: 60000 });
+    const noGpu = await p2.evaluate(() => ({ kind: window.wgtune.noWebgpu, error: window.wgtune.error }));
+    const shown = await p2.textContent('#error');
+    check(noGpu.kind !== null && /WebGPU/.test(shown) && await p2.isVisible('#error'),
+      `without the WebGPU flag the page says so (${noGpu.kind}): ${shown}`);
+    check(await p2.isDisabled('#train'), 'and Train stays disabled');
+    await plain.close();
+  } finally {
+    server.kill();
+  }
+  fs.writeFileSync(path.join(OUT, 'results.json'), JSON.stringify(results, null, 2));
+  const r = results;
+  console.log(`\nspeed (tiny model, batch ${SETTINGS.batch}, steady state after step 1):`);
+  console.log(`  page (Chromium WebGPU, ${r.device.adapter}): ${r.page.steps_per_s.toFixed(2)} steps/s, ${r.page.tokens_per_s.toFixed(0)} tokens/s (first step ${(r.page.first_step_ms / 1000).toFixed(1)} s)`);
+  console.log(`  native (wgtune train --device wgpu): ${r.native.steps_per_s.toFixed(2)} steps/s, ${r.native.tokens_per_s.toFixed(0)} tokens/s`);
+  console.log(`  page / native: ${(r.page.steps_per_s / r.native.steps_per_s).toFixed(2)}x`);
+  console.log(`results and screenshot in ${OUT}`);
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });

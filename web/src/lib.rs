@@ -1,0 +1,599 @@
+//! wgtune in a browser tab: the native crate's model, 4-bit WGSL kernels, LoRA and trainer,
+//! driven from JavaScript on WebGPU.
+//!
+//! A page cannot block, so nothing here reads the GPU synchronously: the trainer's
+//! [`Trainer::step_pending`] and [`Trainer::eval_sums`] leave their results on the device and
+//! the async methods read them with `into_data_async`. The page calls [`Studio::train_step`]
+//! once per update and yields to the event loop between calls, so it never freezes and Stop
+//! takes effect after the current step.
+//!
+//! Every method that may fail rejects (or throws) with a sentence naming the file, row or
+//! limit at fault.
+
+mod log_console;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use burn::module::Module;
+use burn::tensor::{Device, Transaction};
+use js_sys::{Function, Uint8Array};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use wasm_bindgen::prelude::*;
+
+use wgtune::data::dataset::{DatasetOptions, parse_dataset, split_eval};
+use wgtune::data::template::{ChatTemplate, Message};
+use wgtune::data::tokenizer::Tokenizer;
+use wgtune::generate::sampling::{Sampler, SamplingOptions};
+use wgtune::generate::{last_logits_tensor, reply_stop_ids, token_budget};
+use wgtune::io::OwnedTensor;
+use wgtune::limits::{self, DeviceLimits};
+use wgtune::model::{Llama, LlamaConfig};
+use wgtune::peft::{self, LoraConfig, TargetModule};
+use wgtune::pretrained::ModelFiles;
+use wgtune::quant::{QuantConfig, QuantFormat};
+use wgtune::train::{AdamWConfig, ScheduleKind, TrainOptions, Trainer, metrics::mem_bytes};
+
+#[cfg(target_arch = "wasm32")]
+unsafe extern "C" {
+    /// wasm-ld's static constructors (cubecl registers its kernels through `inventory`).
+    fn __wasm_call_ctors();
+}
+
+/// Runs once when the module is instantiated.
+#[wasm_bindgen(start)]
+pub fn start() {
+    // Called once here, wasm-ld stops wrapping every export with the constructors (which would
+    // re-run them on each JS -> wasm call; DESIGN.md §5).
+    #[cfg(target_arch = "wasm32")]
+    unsafe {
+        __wasm_call_ctors()
+    };
+    console_error_panic_hook::set_once();
+    log_console::init();
+}
+
+/// An error for JavaScript: a sentence.
+fn js_err(e: impl std::fmt::Display) -> JsValue {
+    JsValue::from_str(&e.to_string())
+}
+
+/// Milliseconds since the page's epoch.
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+/// What the page sets before training (JSON from the form).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub r: usize,
+    pub alpha: f32,
+    pub dropout: f32,
+    pub lr: f64,
+    pub steps: u64,
+    pub max_len: usize,
+    pub batch_size: usize,
+    /// Share of rows held out for the eval loss; 0 evaluates on every row.
+    pub eval_fraction: f64,
+    pub seed: u64,
+    /// `all-linear` or a comma list of projections (`q_proj,v_proj`).
+    pub targets: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            lr: 1e-3,
+            steps: 30,
+            max_len: 128,
+            batch_size: 4,
+            eval_fraction: 0.0,
+            seed: 42,
+            targets: "all-linear".to_string(),
+        }
+    }
+}
+
+/// A model on the device with what talks to it.
+struct Loaded {
+    /// The base model (no adapters).
+    base: Llama,
+    config: LlamaConfig,
+    tokenizer: Option<Tokenizer>,
+    template: ChatTemplate,
+    /// File name(s) the model came from, for the adapter's `base_model_name_or_path`.
+    name: String,
+}
+
+/// A training run.
+struct Run {
+    trainer: Trainer,
+    lora: LoraConfig,
+}
+
+#[derive(Default)]
+struct Inner {
+    files: BTreeMap<String, Vec<u8>>,
+    model: Option<Loaded>,
+    run: Option<Run>,
+}
+
+/// The page's handle: one WebGPU device, at most one model and one training run.
+#[wasm_bindgen]
+pub struct Studio {
+    device: Device,
+    limits: DeviceLimits,
+    adapter: String,
+    inner: Rc<RefCell<Inner>>,
+}
+
+#[wasm_bindgen]
+impl Studio {
+    /// Opens the WebGPU device (the adapter's own limits are requested, above WebGPU's
+    /// defaults where it has them). Rejects when the browser has no WebGPU adapter.
+    pub async fn create() -> Result<Studio, JsValue> {
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup_async()
+            .await
+            .map_err(|e| js_err(format!("WebGPU could not start: {e}")))?;
+        let info = setup.adapter.get_info();
+        let l = setup.device.limits();
+        let limits = DeviceLimits {
+            max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+            max_buffer_size: l.max_buffer_size,
+            max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+        };
+        let adapter = [
+            info.name.as_str(),
+            info.vendor.to_string().as_str(),
+            info.driver.as_str(),
+        ]
+        .iter()
+        .filter(|s| !s.is_empty() && **s != "0")
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+        Ok(Studio {
+            device: device.autodiff(),
+            limits,
+            adapter: if adapter.is_empty() {
+                "WebGPU adapter".to_string()
+            } else {
+                adapter
+            },
+            inner: Rc::default(),
+        })
+    }
+
+    /// `{"adapter", "limits": {..}}` as JSON.
+    pub fn device_info(&self) -> String {
+        json!({"adapter": self.adapter, "limits": self.limits}).to_string()
+    }
+
+    /// Adds one of the model's files (a `.gguf`, or `config.json`, `*.safetensors`,
+    /// `tokenizer.json`, `tokenizer_config.json`).
+    pub fn add_file(&self, name: &str, bytes: &Uint8Array) -> Result<(), JsValue> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js_err(BUSY))?;
+        inner.files.insert(name.to_string(), bytes.to_vec());
+        Ok(())
+    }
+
+    /// Forgets added files, the model and the run.
+    pub fn reset(&self) -> Result<(), JsValue> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js_err(BUSY))?;
+        *inner = Inner::default();
+        Ok(())
+    }
+
+    /// Loads the added files onto the device, quantizing the projections with `quant`
+    /// (`nf4`, `fp4` or `none`), after checking the model against the device's limits.
+    /// `label` names the model on the page and in the adapter's `base_model_name_or_path`.
+    /// Returns the model's description as JSON.
+    pub fn load_model(&self, label: &str, quant: &str) -> Result<String, JsValue> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js_err(BUSY))?;
+        let files = std::mem::take(&mut inner.files);
+        if files.is_empty() {
+            return Err(js_err("no model files were given"));
+        }
+        let file_bytes: u64 = files.values().map(|b| b.len() as u64).sum();
+        let quant = match quant {
+            "none" => None,
+            name => Some(QuantConfig {
+                format: name.parse::<QuantFormat>().map_err(js_err)?,
+                ..QuantConfig::default()
+            }),
+        };
+        inner.model = None;
+        inner.run = None;
+        // Errors name each file as the user picked it.
+        let opened = ModelFiles::open(Path::new(""), files).map_err(js_err)?;
+        limits::check_model(opened.config(), quant.is_some(), &self.limits).map_err(js_err)?;
+        let format = format!("{:?}", opened.format());
+        let started = now_ms();
+        let pre = opened
+            .load(quant, &self.device, &mut |_| {})
+            .map_err(js_err)?;
+        let c = &pre.config;
+        let info = json!({
+            "name": label,
+            "format": format,
+            "layers": c.num_hidden_layers,
+            "hidden": c.hidden_size,
+            "vocab": c.vocab_size,
+            "heads": c.num_attention_heads,
+            "context": c.max_position_embeddings,
+            "params": param_count(c),
+            "file_bytes": file_bytes,
+            "quant": quant.map_or("none".to_string(), |q| q.format.to_string()),
+            "has_tokenizer": pre.tokenizer.is_some(),
+            "device_bytes": mem_bytes(&self.device),
+            "load_ms": now_ms() - started,
+        });
+        inner.model = Some(Loaded {
+            base: pre.model,
+            config: pre.config,
+            tokenizer: pre.tokenizer,
+            template: pre.template,
+            name: label.to_string(),
+        });
+        Ok(info.to_string())
+    }
+
+    /// Reads a dataset (JSONL or a JSON array, in any of the native `wgtune train` formats),
+    /// attaches a fresh LoRA adapter and readies a run with `settings` (JSON of [`Settings`]).
+    /// Returns `{"rows", "eval_rows", "format", "tokens", "total_steps", "trainable"}`.
+    pub fn prepare(&self, dataset: &str, settings: &str) -> Result<String, JsValue> {
+        let s: Settings =
+            serde_json::from_str(settings).map_err(|e| js_err(format!("settings: {e}")))?;
+        if s.r == 0 || s.steps == 0 || s.batch_size == 0 || s.max_len < 2 {
+            return Err(js_err(
+                "r, steps and batch size must be at least 1, max length at least 2",
+            ));
+        }
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js_err(BUSY))?;
+        inner.run = None;
+        let model = inner
+            .model
+            .as_ref()
+            .ok_or_else(|| js_err("load a model first"))?;
+        let targets = TargetModule::parse_list(&s.targets).map_err(js_err)?;
+        let lora = LoraConfig {
+            r: s.r,
+            alpha: s.alpha,
+            dropout: s.dropout,
+            targets,
+            rslora: false,
+        };
+        lora.validate().map_err(js_err)?;
+        let opts = DatasetOptions {
+            max_len: s.max_len,
+            ..DatasetOptions::default()
+        };
+        let data = parse_dataset(
+            Path::new("dataset"),
+            dataset,
+            model.tokenizer.as_ref(),
+            &model.template,
+            &opts,
+        )
+        .map_err(js_err)?;
+        let longest = data
+            .examples
+            .iter()
+            .map(|e| e.input_ids.len())
+            .max()
+            .unwrap_or(0);
+        limits::check_step(&model.config, s.batch_size, longest, &self.limits).map_err(js_err)?;
+        let tokens: usize = data.examples.iter().map(|e| e.input_ids.len()).sum();
+        let rows = data.examples.len();
+        let (train, eval) = if s.eval_fraction > 0.0 {
+            split_eval(data.examples, s.eval_fraction, s.seed)
+        } else {
+            (data.examples.clone(), data.examples)
+        };
+        let mut llama = model.base.clone();
+        peft::attach(&mut llama, &lora, s.seed);
+        let pad_id = model
+            .tokenizer
+            .as_ref()
+            .and_then(|t| t.pad_id().or(t.eos_id()))
+            .map_or(0, i64::from);
+        let opts = TrainOptions {
+            adamw: AdamWConfig::default(),
+            lr: s.lr,
+            schedule: ScheduleKind::Constant,
+            warmup_steps: Some(0),
+            max_grad_norm: 1.0,
+            batch_size: s.batch_size,
+            grad_accum: 1,
+            steps: Some(s.steps),
+            seed: s.seed,
+            pad_id,
+            out: None,
+            base_model: model.name.clone(),
+            ..TrainOptions::default()
+        };
+        let (train_rows, eval_rows) = (train.len(), eval.len());
+        let trainer = Trainer::new(llama, lora.clone(), train, eval, opts).map_err(js_err)?;
+        let trainable: usize = peft::adapters(trainer.model())
+            .iter()
+            .map(|(_, a)| {
+                a.a.val().dims().iter().product::<usize>()
+                    + a.b.val().dims().iter().product::<usize>()
+            })
+            .sum();
+        let out = json!({
+            "rows": rows,
+            "train_rows": train_rows,
+            "eval_rows": eval_rows,
+            "format": data.format.name(),
+            "tokens": tokens,
+            "longest": longest,
+            "total_steps": trainer.state().total_steps,
+            "trainable": trainable,
+        });
+        inner.run = Some(Run { trainer, lora });
+        Ok(out.to_string())
+    }
+
+    /// One optimizer step. Resolves to `{"step", "total_steps", "loss", "grad_norm", "lr",
+    /// "tokens", "ms", "tokens_per_s", "mem_bytes", "done"}`.
+    pub fn train_step(&self) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        let device = self.device.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let started = now_ms();
+            let (pending, total) = {
+                let mut guard = inner.try_borrow_mut().map_err(|_| js_err(BUSY))?;
+                let run = guard
+                    .run
+                    .as_mut()
+                    .ok_or_else(|| js_err("prepare a run first"))?;
+                let total = run.trainer.state().total_steps;
+                if run.trainer.state().step >= total {
+                    return Err(js_err("the run is finished; prepare a new one"));
+                }
+                (run.trainer.step_pending().map_err(js_err)?, total)
+            };
+            let data = Transaction::default()
+                .register(pending.loss_sum)
+                .register(pending.grad_norm)
+                .execute_async()
+                .await
+                .map_err(|e| js_err(format!("reading the step's loss: {e:?}")))?;
+            let loss = scalar(&data[0])? / pending.targets as f64;
+            let grad_norm = scalar(&data[1])?;
+            if !loss.is_finite() {
+                return Err(js_err(format!(
+                    "step {}: the loss is {loss}; lower the learning rate",
+                    pending.step
+                )));
+            }
+            let ms = now_ms() - started;
+            Ok(JsValue::from_str(
+                &json!({
+                    "step": pending.step,
+                    "total_steps": total,
+                    "loss": loss,
+                    "grad_norm": grad_norm,
+                    "lr": pending.lr,
+                    "tokens": pending.tokens,
+                    "ms": ms,
+                    "tokens_per_s": pending.tokens as f64 / (ms / 1000.0).max(1e-9),
+                    "mem_bytes": mem_bytes(&device),
+                    "done": pending.step >= total,
+                })
+                .to_string(),
+            ))
+        })
+    }
+
+    /// The mean loss over every target token of the eval rows, with the adapter as trained so
+    /// far (dropout off). Resolves to `{"loss", "tokens", "ms"}`.
+    pub fn evaluate(&self) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let started = now_ms();
+            let sums = {
+                let guard = inner.try_borrow().map_err(|_| js_err(BUSY))?;
+                let run = guard
+                    .run
+                    .as_ref()
+                    .ok_or_else(|| js_err("prepare a run first"))?;
+                run.trainer.eval_sums()
+            };
+            let (sum, count) = sums.ok_or_else(|| js_err("no eval rows with targets"))?;
+            let data = Transaction::default()
+                .register(sum)
+                .register(count)
+                .execute_async()
+                .await
+                .map_err(|e| js_err(format!("reading the eval loss: {e:?}")))?;
+            let (sum, count) = (scalar(&data[0])?, scalar(&data[1])?);
+            Ok(JsValue::from_str(
+                &json!({"loss": sum / count, "tokens": count, "ms": now_ms() - started})
+                    .to_string(),
+            ))
+        })
+    }
+
+    /// Generates up to `max_new_tokens` after `prompt` (as a chat turn when `chat`, else as
+    /// raw text to continue), greedy when `temperature` is 0, with the trained adapter or
+    /// without it. `on_piece(text)` gets each decoded piece as it comes. Resolves to
+    /// `{"text", "tokens", "tokens_per_s"}`.
+    pub fn generate(
+        &self,
+        prompt: String,
+        max_new_tokens: usize,
+        temperature: f32,
+        chat: bool,
+        with_adapter: bool,
+        on_piece: Function,
+    ) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let (model, tokenizer, ids, stops) = {
+                let guard = inner.try_borrow().map_err(|_| js_err(BUSY))?;
+                let loaded = guard
+                    .model
+                    .as_ref()
+                    .ok_or_else(|| js_err("load a model first"))?;
+                let tokenizer = loaded
+                    .tokenizer
+                    .clone()
+                    .ok_or_else(|| js_err("this model has no tokenizer, so it cannot chat"))?;
+                let model = match (&guard.run, with_adapter) {
+                    (Some(run), true) => {
+                        let mut m = run.trainer.model().clone().no_grad();
+                        peft::set_dropout_active(&mut m, false);
+                        m
+                    }
+                    _ => loaded.base.clone().no_grad(),
+                };
+                let (text, add_special) = if chat {
+                    let rendered = loaded
+                        .template
+                        .render(&[Message::new("user", prompt.as_str())], true)
+                        .map_err(js_err)?;
+                    (rendered, false)
+                } else {
+                    (prompt.clone(), true)
+                };
+                let ids = tokenizer.encode(&text, add_special).map_err(js_err)?;
+                let stops = if chat {
+                    reply_stop_ids(&tokenizer, &loaded.template)
+                } else {
+                    tokenizer.eos_id().into_iter().collect()
+                };
+                (model, tokenizer, ids, stops)
+            };
+            let budget = token_budget(&model, ids.len(), max_new_tokens).map_err(js_err)?;
+            let options = SamplingOptions {
+                temperature,
+                ..SamplingOptions::default()
+            };
+            let mut sampler = Sampler::new(options, 0);
+            let mut decoder = tokenizer.stream_decoder(true);
+            let mut cache = model.new_cache();
+            let mut input = ids;
+            let mut text = String::new();
+            let mut count = 0usize;
+            let started = now_ms();
+            while count < budget {
+                let logits = last_logits_tensor(&model, &input, &mut cache)
+                    .into_data_async()
+                    .await
+                    .map_err(|e| js_err(format!("reading logits: {e:?}")))?
+                    .try_into_vec::<f32>()
+                    .map_err(|e| js_err(format!("reading logits: {e:?}")))?;
+                let next = sampler.sample(&logits);
+                count += 1;
+                if stops.contains(&next) {
+                    break;
+                }
+                let piece = decoder.step(next).map_err(js_err)?;
+                if !piece.is_empty() {
+                    text.push_str(&piece);
+                    let _ = on_piece.call1(&JsValue::NULL, &JsValue::from_str(&piece));
+                }
+                input = vec![next];
+            }
+            let rest = decoder.flush().map_err(js_err)?;
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                let _ = on_piece.call1(&JsValue::NULL, &JsValue::from_str(&rest));
+            }
+            let secs = (now_ms() - started) / 1000.0;
+            Ok(JsValue::from_str(
+                &json!({"text": text, "tokens": count, "tokens_per_s": count as f64 / secs.max(1e-9)})
+                    .to_string(),
+            ))
+        })
+    }
+
+    /// The trained adapter as a PEFT directory in a ZIP archive (`adapter/adapter_config.json`,
+    /// `adapter/adapter_model.safetensors`), which `wgtune --adapter` and PEFT load.
+    pub fn adapter_zip(&self) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let (named, lora, base) = {
+                let guard = inner.try_borrow().map_err(|_| js_err(BUSY))?;
+                let run = guard
+                    .run
+                    .as_ref()
+                    .ok_or_else(|| js_err("train an adapter first"))?;
+                let base = guard
+                    .model
+                    .as_ref()
+                    .map_or(String::new(), |m| m.name.clone());
+                let named: Vec<(String, burn::tensor::Tensor<2>)> =
+                    peft::adapters(run.trainer.model())
+                        .into_iter()
+                        .flat_map(|(key, ad)| {
+                            [
+                                (format!("{key}.lora_A.weight"), ad.a.val().inner()),
+                                (format!("{key}.lora_B.weight"), ad.b.val().inner()),
+                            ]
+                        })
+                        .collect();
+                (named, run.lora.clone(), base)
+            };
+            let mut tensors = BTreeMap::new();
+            for (name, t) in named {
+                let shape = t.dims().to_vec();
+                let values = t
+                    .into_data_async()
+                    .await
+                    .map_err(|e| js_err(format!("reading {name}: {e:?}")))?
+                    .try_into_vec::<f32>()
+                    .map_err(|e| js_err(format!("reading {name}: {e:?}")))?;
+                tensors.insert(name, OwnedTensor::f32(shape, &values));
+            }
+            let dir = PathBuf::from("adapter");
+            let files =
+                peft::adapter_dir::adapter_files(&tensors, &lora, &base, &dir).map_err(js_err)?;
+            let entries: Vec<(String, Vec<u8>)> = files
+                .into_iter()
+                .map(|(name, bytes)| (format!("adapter/{name}"), bytes))
+                .collect();
+            let zip = wgtune::io::zip::store(&entries).map_err(js_err)?;
+            Ok(Uint8Array::from(zip.as_slice()).into())
+        })
+    }
+}
+
+const BUSY: &str = "another operation is still running; wait for it to finish";
+
+/// The one value of a `[1]` tensor read back.
+fn scalar(data: &burn::tensor::TensorData) -> Result<f64, JsValue> {
+    data.clone()
+        .try_into_vec::<f32>()
+        .map_err(|e| js_err(format!("{e:?}")))?
+        .first()
+        .copied()
+        .map(f64::from)
+        .ok_or_else(|| js_err("empty read-back"))
+}
+
+/// Weights of the model (embedding, head when untied, layers), for display.
+fn param_count(c: &LlamaConfig) -> u64 {
+    let (h, i, v, l) = (
+        c.hidden_size as u64,
+        c.intermediate_size as u64,
+        c.vocab_size as u64,
+        c.num_hidden_layers as u64,
+    );
+    let kv = (c.num_kv_heads() * c.head_dim()) as u64;
+    let q = (c.num_attention_heads * c.head_dim()) as u64;
+    let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
+    let head = if c.tie_word_embeddings { 0 } else { v * h };
+    v * h + head + l * layer + h
+}
