@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/wgtune-target}"
 pkg=web/pkg
-wasm="$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/wgtune_web.wasm"
+wasm="$CARGO_TARGET_DIR/wasm32-unknown-unknown/web/wgtune_web.wasm"
 
 if [[ -f $pkg/wgtune_web_bg.wasm && "${1:-}" != "--force" ]] &&
   [[ -z $(find src shaders web/src Cargo.toml Cargo.lock web/Cargo.toml -newer "$pkg/wgtune_web_bg.wasm" -print -quit) ]]; then
@@ -24,7 +24,8 @@ if [[ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$version" ]
   cargo install -q wasm-bindgen-cli --version "$version"
 fi
 
-cargo build --release --locked --target wasm32-unknown-unknown -p wgtune-web
+# The `web` profile: release at O1 (Cargo.toml says why).
+cargo build --profile web --locked --target wasm32-unknown-unknown -p wgtune-web
 rm -rf "$pkg.tmp"
 wasm-bindgen --target web --no-typescript --out-dir "$pkg.tmp" "$wasm"
 rm -rf "$pkg"

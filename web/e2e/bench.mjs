@@ -5,7 +5,7 @@
 //   node web/e2e/bench.mjs                       # SwiftShader (no GPU needed; slow)
 //   CHROMIUM_ARGS="--use-angle=vulkan" MODEL=path/to/model.gguf STEPS=10 node web/e2e/bench.mjs
 //
-// Env: WGTUNE (binary), MODEL, STEPS (5), BATCH (1), MAX_LEN (64), R (16), QUANT (nf4).
+// Env: WGTUNE (binary), MODEL, STEPS (5), BATCH (1), MAX_LEN (128), R (16), QUANT (nf4).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -38,10 +38,12 @@ try {
   await page.fill('#dataset', fs.readFileSync(path.join(root, 'data/quickstart/train.jsonl'), 'utf8'));
   await page.fill('#steps', String(STEPS));
   await page.fill('#batch', env.BATCH ?? '1');
-  await page.fill('#max-len', env.MAX_LEN ?? '64');
+  await page.fill('#max-len', env.MAX_LEN ?? '128');
   await page.fill('#r', env.R ?? '16');
   await page.fill('#alpha', String(2 * Number(env.R ?? 16)));
   await page.fill('#lr', '0.0002');
+  // A few rows for the eval: a forward over all 400 takes long on a software adapter.
+  await page.fill('#eval-fraction', env.EVAL_SHARE ?? '0.01');
   await page.click('#train');
   await page.waitForFunction(() => window.wgtune.trained || window.wgtune.error, null, { timeout: 3600000 });
   const st = await page.evaluate(() => ({ steps: window.wgtune.steps, error: window.wgtune.error,
