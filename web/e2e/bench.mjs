@@ -45,14 +45,23 @@ try {
   // A few rows for the eval: a forward over all 400 takes long on a software adapter.
   await page.fill('#eval-fraction', env.EVAL_SHARE ?? '0.01');
   await page.click('#train');
-  await page.waitForFunction(() => window.wgtune.trained || window.wgtune.error, null, { timeout: 3600000 });
+  // Print each step as it lands (a software adapter takes minutes per step on this model).
+  let shown = 0;
+  const t1 = Date.now();
+  for (;;) {
+    const now = await page.evaluate(() => ({ steps: window.wgtune.steps, done: window.wgtune.trained,
+      error: window.wgtune.error, before: window.wgtune.evalBefore }));
+    for (const s of now.steps.slice(shown)) {
+      console.log(`[${((Date.now() - t1) / 1000).toFixed(0)} s] step ${s.step}: loss ${s.loss.toFixed(4)} ` +
+        `in ${(s.ms / 1000).toFixed(1)} s, ${s.tokens} tokens, device memory ${(s.mem_bytes / 1048576).toFixed(0)} MiB`);
+    }
+    shown = now.steps.length;
+    if (now.done || now.error) break;
+    await new Promise((r) => setTimeout(r, 2000));
+  }
   const st = await page.evaluate(() => ({ steps: window.wgtune.steps, error: window.wgtune.error,
     before: window.wgtune.evalBefore, after: window.wgtune.evalAfter }));
   if (st.error) throw new Error(st.error);
-  for (const s of st.steps) {
-    console.log(`step ${s.step}: loss ${s.loss.toFixed(4)}  ${(s.ms / 1000).toFixed(2)} s  ` +
-      `${s.tokens_per_s.toFixed(1)} tokens/s  device memory ${(s.mem_bytes / 1048576).toFixed(0)} MiB`);
-  }
   const steady = st.steps.slice(1);
   const secs = steady.reduce((a, s) => a + s.ms, 0) / 1000;
   if (steady.length > 0) {
