@@ -5,7 +5,8 @@
 //   node web/e2e/bench.mjs                       # SwiftShader (no GPU needed; slow)
 //   CHROMIUM_ARGS="--use-angle=vulkan" MODEL=path/to/model.gguf STEPS=10 node web/e2e/bench.mjs
 //
-// Env: WGTUNE (binary), MODEL, STEPS (5), BATCH (1), MAX_LEN (128), R (16), QUANT (nf4).
+// Env: WGTUNE (binary), MODEL, STEPS (5), BATCH (1), MAX_LEN (128), R (16), QUANT (nf4),
+// ROWS (all 400 quickstart rows), EVAL_SHARE (0.01).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -35,7 +36,8 @@ try {
   await page.waitForFunction(() => window.wgtune.model || window.wgtune.error, null, { timeout: 1200000 });
   const model = await page.evaluate(() => window.wgtune.model ?? window.wgtune.error);
   console.log(`model: ${JSON.stringify(model)} (${((Date.now() - t0) / 1000).toFixed(1)} s with the download)`);
-  await page.fill('#dataset', fs.readFileSync(path.join(root, 'data/quickstart/train.jsonl'), 'utf8'));
+  const rows = fs.readFileSync(path.join(root, 'data/quickstart/train.jsonl'), 'utf8').trim().split('\n');
+  await page.fill('#dataset', rows.slice(0, Number(env.ROWS ?? rows.length)).join('\n'));
   await page.fill('#steps', String(STEPS));
   await page.fill('#batch', env.BATCH ?? '1');
   await page.fill('#max-len', env.MAX_LEN ?? '128');
