@@ -58,6 +58,19 @@ fn dataset(dir: &Path) -> (PathBuf, f64, f64) {
     (path, f32_scalar("f32_loss"), f32_scalar("nf4_loss"))
 }
 
+/// The default model (SmolLM2-135M-Instruct), or `None` with a visible SKIPPED line when pip is
+/// absent and it cannot be fetched.
+fn default_model() -> Option<PathBuf> {
+    match default_model_path() {
+        Ok(p) => Some(p),
+        Err(e) if !pip_available() => {
+            let _ = writeln!(std::io::stderr(), "SKIPPED: pip not found ({e})");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// Runs `wgtune eval --json` and returns its one JSON object.
 fn eval_json(data: &Path, extra: &[&str]) -> serde_json::Value {
     let model = fixture("model-f32");
@@ -142,13 +155,8 @@ fn eval_names_the_bad_line() {
 /// Chat rows are scored as the trainer scores them: the answers only.
 #[test]
 fn eval_scores_only_the_answers_of_chat_rows() {
-    let model = match default_model_path() {
-        Ok(p) => p,
-        Err(e) if !pip_available() => {
-            let _ = writeln!(std::io::stderr(), "SKIPPED: pip not found ({e})");
-            return;
-        }
-        Err(e) => panic!("{e}"),
+    let Some(model) = default_model() else {
+        return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("alpaca.jsonl");
@@ -179,13 +187,8 @@ fn eval_scores_only_the_answers_of_chat_rows() {
 
 #[test]
 fn generate_chat_streams_the_answer() {
-    let model = match default_model_path() {
-        Ok(p) => p,
-        Err(e) if !pip_available() => {
-            let _ = writeln!(std::io::stderr(), "SKIPPED: pip not found ({e})");
-            return;
-        }
-        Err(e) => panic!("{e}"),
+    let Some(model) = default_model() else {
+        return;
     };
     // Float weights reproduce transformers' greedy answer exactly; NF4 (the default, re-quantizing
     // the GGUF's Q4_1 weights) starts the same and then wanders off within the 12 tokens.

@@ -35,6 +35,7 @@ use wgtune::model::{Llama, LlamaConfig};
 use wgtune::peft::{self, LoraConfig, TargetModule};
 use wgtune::pretrained::ModelFiles;
 use wgtune::quant::{QuantConfig, QuantFormat};
+use wgtune::train::step::param_values;
 use wgtune::train::{AdamWConfig, ScheduleKind, TrainOptions, Trainer, metrics::mem_bytes};
 
 #[cfg(target_arch = "wasm32")]
@@ -323,12 +324,9 @@ impl Studio {
         };
         let (train_rows, eval_rows) = (train.len(), eval.len());
         let trainer = Trainer::new(llama, lora.clone(), train, eval, opts).map_err(js_err)?;
-        let trainable: usize = peft::adapters(trainer.model())
+        let trainable: usize = param_values(trainer.model())
             .iter()
-            .map(|(_, a)| {
-                a.a.val().dims().iter().product::<usize>()
-                    + a.b.val().dims().iter().product::<usize>()
-            })
+            .map(|(_, t)| t.dims().iter().product::<usize>())
             .sum();
         let out = json!({
             "rows": rows,
@@ -534,22 +532,15 @@ impl Studio {
                     .model
                     .as_ref()
                     .map_or(String::new(), |m| m.name.clone());
-                let named: Vec<(String, burn::tensor::Tensor<2>)> =
-                    peft::adapters(run.trainer.model())
-                        .into_iter()
-                        .flat_map(|(key, ad)| {
-                            [
-                                (format!("{key}.lora_A.weight"), ad.a.val().inner()),
-                                (format!("{key}.lora_B.weight"), ad.b.val().inner()),
-                            ]
-                        })
-                        .collect();
+                // PEFT names, as the native adapter writer uses them.
+                let named = param_values(run.trainer.model());
                 (named, run.lora.clone(), base)
             };
             let mut tensors = BTreeMap::new();
             for (name, t) in named {
                 let shape = t.dims().to_vec();
                 let values = t
+                    .inner()
                     .into_data_async()
                     .await
                     .map_err(|e| js_err(format!("reading {name}: {e:?}")))?
