@@ -9,12 +9,16 @@
 // Grid: x = ceil(NO / (16*TN)), y = ceil(MO / (16*TM)).
 //
 // Bindings: 0 a f32 | 1 b f32 | 2 c f32[MO*NO]
-//           3 params u32[MO, NO, K, a_rs, a_cs, b_rs, b_cs, bitcast<u32>(alpha)]
+//           3 params (uniform) u32[MO, NO, K, a_rs, a_cs, b_rs, b_cs, bitcast<u32>(alpha)]
 
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
-@group(0) @binding(3) var<storage, read_write> params: array<u32>;
+@group(0) @binding(3) var<uniform> params: array<vec4<u32>, 2>;
+// Launch parameter i (CubeCL's info uniform: up to 8 u32, cached across launches).
+fn param(i: u32) -> u32 {
+    return params[i >> 2u][i & 3u];
+}
 
 const TM: u32 = {{ tm }}u;
 const TN: u32 = {{ tn }}u;
@@ -24,24 +28,20 @@ const BK: u32 = 16u;
 
 var<workgroup> a_tile: array<f32, {{ a_tile_len }}>; // [BK][BM]
 var<workgroup> b_tile: array<f32, {{ b_tile_len }}>; // [BK][BN]
-// K, shared so the loop around the barriers is provably uniform: WGSL's uniformity analysis
-// (enforced by browsers' Tint, not by naga) treats a read_write storage load as non-uniform.
-var<workgroup> k_shared: u32;
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
-    let mo = params[0];
-    let no = params[1];
-    if li == 0u {
-        k_shared = params[2];
-    }
-    let kt = workgroupUniformLoad(&k_shared);
-    let a_rs = params[3];
-    let a_cs = params[4];
-    let b_rs = params[5];
-    let b_cs = params[6];
-    let alpha = bitcast<f32>(params[7]);
+    let mo = param(0u);
+    let no = param(1u);
+    // From a uniform buffer, so the loop around the barriers below is provably uniform (WGSL's
+    // uniformity analysis, which browsers' Tint enforces and naga does not).
+    let kt = param(2u);
+    let a_rs = param(3u);
+    let a_cs = param(4u);
+    let b_rs = param(5u);
+    let b_cs = param(6u);
+    let alpha = bitcast<f32>(param(7u));
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
 

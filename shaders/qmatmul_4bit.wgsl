@@ -8,7 +8,7 @@
 // Grid: x * y = ceil(N / 8) groups (2-D when large), z = ceil(M / TM).
 //
 // Bindings: 0 packed | 1 absmax_q | 2 scales | 3 tables | 4 x f32[M*K] | 5 y f32[M*N]
-//           6 params u32[M, N, K, blocksize, groups_x]
+//           6 params (uniform) u32[M, N, K, blocksize, groups_x]
 
 @group(0) @binding(0) var<storage, read_write> packed: array<u32>;
 @group(0) @binding(1) var<storage, read_write> absmax_q: array<u32>;
@@ -16,18 +16,22 @@
 @group(0) @binding(3) var<storage, read_write> tables: array<f32>;
 @group(0) @binding(4) var<storage, read_write> x: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
-@group(0) @binding(6) var<storage, read_write> params: array<u32>;
+@group(0) @binding(6) var<uniform> params: array<vec4<u32>, 2>;
+// Launch parameter i (CubeCL's info uniform: up to 8 u32, cached across launches).
+fn param(i: u32) -> u32 {
+    return params[i >> 2u][i & 3u];
+}
 
 const TM: u32 = {{ tm }}u;
 var<workgroup> partial: array<f32, {{ partial_len }}>;
 
 @compute @workgroup_size(32, 8, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let m_total = params[0];
-    let n_total = params[1];
-    let k_total = params[2];
-    let blocksize = params[3];
-    let n = (wid.y * params[4] + wid.x) * 8u + lid.y;
+    let m_total = param(0u);
+    let n_total = param(1u);
+    let k_total = param(2u);
+    let blocksize = param(3u);
+    let n = (wid.y * param(4u) + wid.x) * 8u + lid.y;
     let m0 = wid.z * TM;
     let m_count = min(TM, m_total - m0);
 

@@ -5,7 +5,11 @@ use burn::backend::{
     tensor::{FloatTensor, IntTensor},
     wgpu::{CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous},
 };
-use burn::cubecl::{CubeCount, CubeDim, prelude::KernelId, server::KernelArguments};
+use burn::cubecl::{
+    CubeCount, CubeDim,
+    prelude::KernelId,
+    server::{KernelArguments, MetadataBindingInfo},
+};
 use burn::tensor::{DType, Shape};
 
 use super::backend::QuantBackend;
@@ -70,19 +74,27 @@ fn grid_2d(groups: usize) -> (u32, u32) {
     }
 }
 
+/// Launches `shader` over `buffers` (its storage bindings, in order) with up to
+/// [`shaders::MAX_PARAMS`] `params`, which the shader reads from CubeCL's info uniform (the
+/// binding after the buffers; see [`shaders`]).
+///
+/// The uniform, unlike a storage buffer made for the call, is cached by content: a launch with
+/// parameters seen before uploads nothing. An upload would also end the batch of recorded work
+/// (CubeCL submits the queue before every buffer write, and blocks on the GPU after 64 of
+/// them), which on a GPU costs more than a small kernel.
 fn launch(shader: Shader, count: (u32, u32, u32), buffers: &[&CubeTensor], params: &[u32]) {
     let client = &buffers[0].client;
-    let params = client.create_from_slice(bytemuck::cast_slice(params));
     let (x, y, z) = shader.workgroup();
-    let mut bindings: Vec<_> = buffers.iter().map(|t| t.handle.clone().binding()).collect();
-    bindings.push(params.binding());
+    let bindings: Vec<_> = buffers.iter().map(|t| t.handle.clone().binding()).collect();
     client.launch(
         Box::new(SourceKernel::new(
             WgslKernel(shader),
             CubeDim::new_3d(x, y, z),
         )),
         CubeCount::Static(count.0, count.1, count.2),
-        KernelArguments::new().with_buffers(bindings),
+        KernelArguments::new()
+            .with_buffers(bindings)
+            .with_info(MetadataBindingInfo::custom(shaders::pack_params(params))),
     );
 }
 
@@ -133,14 +145,18 @@ impl Weight {
     }
 }
 
-/// Largest f32 buffer the dequantize-then-matmul path materializes at once: WebGPU's default
-/// `maxStorageBufferBindingSize` (128 MiB), which browsers and software adapters enforce.
-const MAX_DEQUANT_BYTES: usize = 128 << 20;
+/// Largest f32 buffer the dequantize-then-matmul path materializes at once, whatever the device
+/// binds: the transient copy of one weight stays small next to the model (a LLaMA-7B MLP weight,
+/// 172 MiB in f32, dequantizes in one piece; larger weights go in chunks).
+const MAX_DEQUANT_BYTES: u64 = 256 << 20;
 
 /// Rows of W per dequantized chunk: a multiple of 8 (so chunks start on a packed word) whose
-/// f32 copy fits [`MAX_DEQUANT_BYTES`].
-fn chunk_rows(layout: &QLayout) -> usize {
-    let rows = MAX_DEQUANT_BYTES / (4 * layout.in_features.max(1));
+/// f32 copy fits both [`MAX_DEQUANT_BYTES`] and the device's largest storage binding (WebGPU's
+/// default is 128 MiB, which browsers and software adapters enforce; a GPU's Vulkan binds GiBs).
+fn chunk_rows(w: &Weight, layout: &QLayout) -> usize {
+    let binding = w.scales.client.properties().memory.max_page_size;
+    let bytes = MAX_DEQUANT_BYTES.min(binding) as usize;
+    let rows = bytes / (4 * layout.in_features.max(1));
     (rows / 8 * 8).max(8)
 }
 
@@ -197,7 +213,7 @@ fn linear(
     *out_dims.last_mut().expect("at least one dimension") = outer;
     let out_shape = Shape::from(out_dims);
     let chunk = match dispatch::resolve(strategy, m, transposed) {
-        MatmulStrategy::DequantMatmul => Some(chunk_rows(layout)),
+        MatmulStrategy::DequantMatmul => Some(chunk_rows(&w, layout)),
         MatmulStrategy::DequantChunks { rows } => Some(rows.div_ceil(8).max(1) * 8),
         _ => None,
     };

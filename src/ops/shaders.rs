@@ -3,6 +3,10 @@
 //! Templates use `{{ name }}` placeholders; [`Shader::source`] renders one specialization. The
 //! same rendering feeds the kernels and the naga validation test, so a shader that fails to
 //! validate fails on any machine, GPU or not.
+//!
+//! Each shader takes its launch parameters (shapes, strides, ..) as
+//! `var<uniform> params: array<vec4<u32>, 2>` in the binding after its storage buffers: CubeCL's
+//! per-launch info uniform, which it fills from [`pack_params`]'s 64-bit words.
 
 const COMMON_4BIT: &str = include_str!("../../shaders/common_4bit.wgsl");
 const DEQUANT_4BIT: &str = include_str!("../../shaders/dequant_4bit.wgsl");
@@ -20,6 +24,27 @@ pub const FUSED_TILES: [u32; 2] = [1, 8];
 pub fn fused_tm(rows: usize) -> u32 {
     if rows == 1 { 1 } else { 8 }
 }
+/// Most launch parameters a shader takes (`array<vec4<u32>, 2>`).
+pub const MAX_PARAMS: usize = 8;
+
+/// `params` as CubeCL's info words: zero-padded to [`MAX_PARAMS`] u32, two per little-endian u64,
+/// so the uniform's bytes are the u32 in order.
+///
+/// Panics on more than [`MAX_PARAMS`] parameters (a bug in the launching code).
+pub fn pack_params(params: &[u32]) -> Vec<u64> {
+    assert!(
+        params.len() <= MAX_PARAMS,
+        "{} shader parameters, at most {MAX_PARAMS}",
+        params.len()
+    );
+    let mut padded = [0u32; MAX_PARAMS];
+    padded[..params.len()].copy_from_slice(params);
+    padded
+        .chunks(2)
+        .map(|pair| u64::from(pair[0]) | (u64::from(pair[1]) << 32))
+        .collect()
+}
+
 /// Nested block size of double quantization (bitsandbytes uses 256).
 pub const NESTED_BLOCKSIZE: u32 = 256;
 
@@ -60,7 +85,13 @@ impl Shader {
     pub fn source(&self) -> String {
         match *self {
             Shader::Dequant(stats) => {
-                let body = render(DEQUANT_4BIT, &[("wg", DEQUANT_WG.to_string())]);
+                let body = render(
+                    DEQUANT_4BIT,
+                    &[
+                        ("wg", DEQUANT_WG.to_string()),
+                        ("tile_len", (2 * DEQUANT_WG).to_string()),
+                    ],
+                );
                 with_common(stats, &body)
             }
             Shader::Qmatmul { stats, tm } => {
@@ -164,6 +195,18 @@ mod tests {
             render("a {{ x }} b {{ x }}", &[("x", "1".into())]),
             "a 1 b 1"
         );
+    }
+
+    #[test]
+    fn params_pack_in_order_as_the_uniform_reads_them() {
+        let words = pack_params(&[1, 2, 3]);
+        assert_eq!(words.len(), MAX_PARAMS / 2);
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let back: Vec<u32> = bytes
+            .chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(back, [1, 2, 3, 0, 0, 0, 0, 0]);
     }
 
     #[test]
