@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_kernels [-- --json] [--device wgpu|cpu] [--shapes small|large|all]
+//!     [--dense-limit-mib N]
 //! ```
 //! For LLaMA-like weights (K x N in 576x1536, 4096x4096, 4096x11008) and M in 1, 8, 128, 512,
 //! 2048 rows, it measures `Y = X W^T` three ways: the fused WGSL kernel, the WGSL dequantize
@@ -16,8 +17,9 @@ use wgtune::model::linear::transpose;
 use wgtune::ops::{self, MatmulStrategy, QWeight};
 use wgtune::quant::{QuantConfig, QuantizedTensor};
 
-/// Largest f32 weight the dense baseline uploads (WebGPU's default binding limit).
-const DENSE_LIMIT_BYTES: usize = 128 << 20;
+/// Largest f32 weight the dense baseline uploads by default (WebGPU's default binding limit);
+/// `--dense-limit-mib` raises it on adapters that bind more (a real GPU's Vulkan does).
+const DENSE_LIMIT_MIB: usize = 128;
 
 /// Largest M at which the fused kernel is timed.
 const FUSED_LIMIT: usize = 128;
@@ -26,6 +28,7 @@ struct Args {
     json: bool,
     device: String,
     shapes: String,
+    dense_limit_mib: usize,
 }
 
 fn parse_args() -> Args {
@@ -33,6 +36,7 @@ fn parse_args() -> Args {
         json: false,
         device: "wgpu".into(),
         shapes: "all".into(),
+        dense_limit_mib: DENSE_LIMIT_MIB,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -40,9 +44,15 @@ fn parse_args() -> Args {
             "--json" => args.json = true,
             "--device" => args.device = it.next().unwrap_or_default(),
             "--shapes" => args.shapes = it.next().unwrap_or_default(),
+            "--dense-limit-mib" => {
+                args.dense_limit_mib = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                    eprintln!("--dense-limit-mib needs a number of MiB");
+                    std::process::exit(2);
+                })
+            }
             other => {
                 eprintln!(
-                    "unknown argument {other}; usage: bench_kernels [--json] [--device wgpu] [--shapes small|large|all]"
+                    "unknown argument {other}; usage: bench_kernels [--json] [--device wgpu] [--shapes small|large|all] [--dense-limit-mib N]"
                 );
                 std::process::exit(2);
             }
@@ -63,26 +73,46 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Seconds per call of `f`: the median over samples of `QUEUED` calls queued back to back and
-/// synchronized once (as in a model's forward pass, where launches overlap), after a warm-up
-/// call (compilation). Samples until ~1 s has passed, 7 at most.
-fn time(device: &Device, mut f: impl FnMut() -> Tensor<2>) -> f64 {
-    const QUEUED: usize = 4;
+/// Seconds per call of `f` when calls are queued back to back and synchronized once (as in a
+/// model's forward pass, where launches overlap), after a warm-up call (compilation).
+///
+/// The one synchronization that ends a batch has a fixed cost (a submit and a wait, worth many
+/// small kernels on a fast GPU). Timing a batch of q calls and one of 2q calls takes it out: a
+/// call costs (t(2q) - t(q)) / q. q doubles from 2 until a batch takes 10 ms, keeping at most
+/// 1024 calls and 1 GiB of outputs (`out_bytes` each) alive. The median over up to 7 such pairs
+/// within ~1 s.
+fn time(device: &Device, out_bytes: usize, mut f: impl FnMut() -> Tensor<2>) -> f64 {
     let t = Instant::now();
     let _ = f().into_data();
     let first = t.elapsed().as_secs_f64();
     if first > 5.0 {
-        // A call this long dwarfs compilation: the first one is the measurement.
+        // A call this long dwarfs compilation and synchronization: the first one is the measurement.
         return first;
+    }
+    let mut batch = |q: usize| {
+        let t = Instant::now();
+        let outputs: Vec<_> = (0..q).map(|_| f()).collect();
+        device.sync().expect("sync");
+        drop(outputs);
+        t.elapsed().as_secs_f64()
+    };
+    let cap = ((1usize << 29) / out_bytes.max(1)).clamp(2, 1024);
+    let mut q = 2;
+    while q * 2 <= cap && batch(q) < 0.01 {
+        q *= 2;
     }
     let mut samples = Vec::new();
     let start = Instant::now();
     while samples.len() < 7 && (samples.is_empty() || start.elapsed() < Duration::from_secs(1)) {
-        let t = Instant::now();
-        let outputs: Vec<_> = (0..QUEUED).map(|_| f()).collect();
-        device.sync().expect("sync");
-        drop(outputs);
-        samples.push(t.elapsed().as_secs_f64() / QUEUED as f64);
+        let one = batch(q);
+        let two = batch(2 * q);
+        let per_call = (two - one) / q as f64;
+        // Noise can make the difference vanish; then the plain mean of the longer batch.
+        samples.push(if per_call > 0.0 {
+            per_call
+        } else {
+            two / (2 * q) as f64
+        });
     }
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
@@ -117,37 +147,46 @@ fn main() {
         let qw = QWeight::upload(&q, &device);
         // W^T laid out contiguously, as a dense model stores it for X W^T.
         let wt = transpose(&w, n, k);
-        let dense_t = (n * k * 4 <= DENSE_LIMIT_BYTES)
+        let dense_t = (n * k * 4 <= args.dense_limit_mib << 20)
             .then(|| Tensor::<2>::from_data(TensorData::new(wt, [k, n]), &device));
+        // The dequantization alone, as bytes moved (4-bit read + f32 written) per second; it is
+        // one f32 buffer, so it runs where the dense weight fits.
+        let dequant_gbps = dense_t.is_some().then(|| {
+            (qw.size_bytes() + n * k * 4) as f64
+                / 1e9
+                / time(&device, n * k * 4, || ops::dequantize(&qw))
+        });
         if !args.json {
             println!(
-                "weight {k}x{n}: NF4 {} bytes on device vs f32 {} bytes ({:.2}x smaller)",
+                "weight {k}x{n}: NF4 {} bytes on device vs f32 {} bytes ({:.2}x smaller); dequantize alone {} GB/s",
                 qw.size_bytes(),
                 n * k * 4,
-                (n * k * 4) as f64 / qw.size_bytes() as f64
+                (n * k * 4) as f64 / qw.size_bytes() as f64,
+                dequant_gbps.map_or("-".to_string(), |g| format!("{g:.1}"))
             );
         }
         for m in [1usize, 8, 128, 512, 2048] {
             let x =
                 Tensor::<2>::from_data(TensorData::new(random(m * k, m as u64), [m, k]), &device);
             let flops = 2.0 * (m * n * k) as f64 / 1e9;
+            let out_bytes = m * n * 4;
             // The fused kernel serves few rows (ops::dispatch); past FUSED_LIMIT rows its time on
             // a software adapter runs to many minutes per call, so it is not measured there.
             let fused = (m <= FUSED_LIMIT).then(|| {
                 flops
-                    / time(&device, || {
+                    / time(&device, out_bytes, || {
                         ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::Fused)
                     })
             });
             let deq = flops
-                / time(&device, || {
+                / time(&device, out_bytes, || {
                     ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::DequantMatmul)
                 });
             // One f32 copy of a large weight exceeds WebGPU's default 128 MiB binding limit, which
             // software adapters and browsers enforce: the dense baseline cannot run there.
             let dense = dense_t
                 .as_ref()
-                .map(|wt| flops / time(&device, || x.clone().matmul(wt.clone())));
+                .map(|wt| flops / time(&device, out_bytes, || x.clone().matmul(wt.clone())));
             let chosen = match fused {
                 Some(f) if f >= deq => "fused",
                 _ => "dequant_matmul",
@@ -158,9 +197,10 @@ fn main() {
             let best = Some(fused.map_or(deq, |f| f.max(deq)));
             if args.json {
                 println!(
-                    "{{\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"chosen\":\"{chosen}\",\"adapter\":\"{adapter}\"}}",
+                    "{{\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"chosen\":\"{chosen}\",\"dequant_gbps\":{},\"adapter\":\"{adapter}\"}}",
                     json(fused),
-                    json(dense)
+                    json(dense),
+                    json(dequant_gbps)
                 );
             } else {
                 println!(
