@@ -8,10 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::model::{IGNORE_INDEX, Llama};
+use crate::model::{IGNORE_INDEX, Llama, head_loss_sum};
 
 /// Errors from scoring a dataset.
 #[derive(Debug, thiserror::Error)]
@@ -69,21 +68,11 @@ pub fn row_loss_tensor(model: &Llama, ex: &Example) -> Option<(Tensor<1>, usize)
     }
     let device = model.embed_tokens.device();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ex.input_ids.clone(), [1, s]), &device); // [1, s]
-    let targets: Vec<i64> = ex.labels[1..]
-        .iter()
-        .map(|&y| if y == IGNORE_INDEX { 0 } else { y })
-        .collect();
-    let keep: Vec<f32> = ex.labels[1..]
-        .iter()
-        .map(|&y| if y == IGNORE_INDEX { 0.0 } else { 1.0 })
-        .collect();
-    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [1, s - 1, 1]), &device); // [1, s-1, 1]
-    let keep = Tensor::<2>::from_data(TensorData::new(keep, [1, s - 1]), &device); // [1, s-1]
-    let logits = model.forward(ids, None).narrow(1, 0, s - 1); // [1, s-1, v]
-    let log_p = log_softmax(logits, 2)
-        .gather(2, targets) // [1, s-1, 1]
-        .squeeze_dim::<2>(2); // [1, s-1]
-    Some(((log_p * keep).sum().neg(), n))
+    let labels = Tensor::<2, Int>::from_data(TensorData::new(ex.labels.clone(), [1, s]), &device); // [1, s]
+    let vocab = model.lm_head_t.dims()[1];
+    let x = model.head_input(ids, None); // [1, s, hidden]
+    let (sum, _) = head_loss_sum(x, labels, vocab, |c| model.apply_head(c));
+    Some((sum, n))
 }
 
 /// Summed next-token loss of one row and its target count: `(Σ -log p(y), n)`, read back.

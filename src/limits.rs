@@ -92,9 +92,10 @@ pub fn check_model(
     check(&needs, limits)
 }
 
-/// A training step's largest activations: the logits `[b, s, vocab]` (and their softmax and
-/// gradient, the same size) and the attention scores `[b, heads, s, s]`, for `batch` rows of
-/// `seq` tokens.
+/// A training step's largest activations: a chunk of the logits (the loss runs the LM head a
+/// chunk of positions at a time, [`crate::model::head_chunk_rows`]; their softmax and gradient
+/// are the same size) and the attention scores `[b, heads, s, s]`, for `batch` rows of `seq`
+/// tokens.
 pub fn check_step(
     config: &LlamaConfig,
     batch: usize,
@@ -102,14 +103,13 @@ pub fn check_step(
     limits: &DeviceLimits,
 ) -> Result<(), String> {
     let (b, s) = (batch as u64, seq as u64);
+    let vocab = config.vocab_size as u64;
+    let rows = (b * s).min(crate::model::head_chunk_rows(config.vocab_size) as u64);
     let needs = [
         Need {
-            what: format!(
-                "A step's logits ({b} rows x {s} tokens x {} vocabulary, f32)",
-                config.vocab_size
-            ),
-            bytes: b * s * config.vocab_size as u64 * 4,
-            hint: "Lower the batch size or the max length.",
+            what: format!("A step's logits ({rows} positions x {vocab} vocabulary, f32)"),
+            bytes: rows * vocab * 4,
+            hint: "Pick a model with a smaller vocabulary.",
         },
         Need {
             what: format!(
@@ -151,13 +151,19 @@ mod tests {
         let c = smollm2();
         check_model(&c, true, &DEFAULT).unwrap();
         check_step(&c, 1, 256, &DEFAULT).unwrap();
-        // 4 x 256 x 49152 x 4 = 192 MiB of logits: over by 64 MiB.
-        let err = check_step(&c, 4, 256, &DEFAULT).unwrap_err();
+        // 4 x 512 x 49152 x 4 = 384 MiB of logits in one piece; the loss holds 32 MiB of them.
+        check_step(&c, 4, 512, &DEFAULT).unwrap();
+        // 4 x 9 x 2048 x 2048 x 4 = 576 MiB of attention scores: over by 448 MiB.
+        let err = check_step(&c, 4, 2048, &DEFAULT).unwrap_err();
+        assert!(
+            err.starts_with("A step's attention scores (4 x 9 heads x 2048 x 2048, f32)"),
+            "{err}"
+        );
         assert!(
             err.contains("maxStorageBufferBindingSize is 128.0 MiB"),
             "{err}"
         );
-        assert!(err.contains("64.0 MiB over"), "{err}");
+        assert!(err.contains("448.0 MiB over"), "{err}");
         assert!(err.contains("Lower the batch size"), "{err}");
     }
 

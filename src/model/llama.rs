@@ -87,8 +87,20 @@ impl Llama {
     /// # Shapes
     /// `input_ids: [b, s]` -> `[b, s, v]`.
     pub fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let x = self.head_input(input_ids, cache);
+        self.apply_head(x)
+    }
+
+    /// What the LM head reads for `input_ids`, position by position: the last layer's output,
+    /// or with a QST side network the mix of its output and the normed LLM state
+    /// ([`crate::peft::qst::head_input`]). [`Llama::forward`] is [`Llama::apply_head`] on it;
+    /// the loss runs the head on it in chunks of positions. Caching as [`Llama::forward`].
+    ///
+    /// # Shapes
+    /// `input_ids: [b, s]` -> `[b, s, hidden]`.
+    pub fn head_input(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         if let Some(side) = &self.side {
-            return crate::peft::qst::logits(self, side, input_ids, cache);
+            return crate::peft::qst::head_input(self, side, input_ids, cache);
         }
         let mut cache = cache;
         let [_, s] = input_ids.dims();
@@ -113,7 +125,19 @@ impl Llama {
         if let Some(c) = cache {
             c.offset += s;
         }
-        self.head(h)
+        h
+    }
+
+    /// The LM head on [`Llama::head_input`]'s output: `norm(x)·W_headᵀ`, or `x·W_headᵀ` with a
+    /// QST side network (whose mix already holds the normed state).
+    ///
+    /// # Shapes
+    /// `x: [b, s, hidden]` -> `[b, s, v]`.
+    pub fn apply_head(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.side {
+            Some(_) => crate::peft::qst::head(self, x),
+            None => self.head(x),
+        }
     }
 
     /// `E[ids]`, the input of the first layer.

@@ -30,7 +30,10 @@ pub use config::{LlamaConfig, RopeParameters, RopeScaling};
 pub use linear::{FrozenWeight, LoraAdapter, QLinear};
 pub use llama::{DecoderLayer, Llama};
 pub use load::{load_from_tensors, load_hf_dir, load_hf_dir_with_progress};
-pub use loss::{IGNORE_INDEX, causal_lm_loss, causal_lm_loss_sum};
+pub use loss::{
+    HEAD_CHUNK_BYTES, IGNORE_INDEX, causal_lm_loss, causal_lm_loss_sum, head_chunk_rows,
+    head_loss_and_grad, head_loss_sum, next_token_targets, token_loss_sum,
+};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
 pub use rope::RotaryEmbedding;

@@ -86,7 +86,8 @@
 //! * **`vocab_size + 1` in the loss reshape.** `shift_logits.view(-1, self.vocab_size + 1)`
 //!   would fail (or mix tokens) for logits of width `vocab_size`; the intent is transformers'
 //!   causal-LM loss, which is what [`loss_and_grads`] uses
-//!   ([`crate::model::causal_lm_loss_sum`]: shift by one, `-100` ignored).
+//!   ([`crate::model::head_loss_and_grad`]: shift by one, `-100` ignored, a chunk of positions
+//!   at a time).
 //! * (Naming) the reference's `QSTConfig.r` is the *reduction factor* and `peft_hidden_size` the
 //!   downsample rank; here they are [`QstConfig::reduction`] and [`QstConfig::r`].
 //! * (Not a slip, but worth stating) the side layers copy the LLM's config, so they keep its
@@ -115,7 +116,7 @@ use serde_json::{Value, json};
 use crate::io::{self, Checkpoint, IoError, OwnedTensor};
 use crate::model::attention::{attend, causal_mask};
 use crate::model::rope::apply_rotary;
-use crate::model::{KvCache, LayerKv, Llama, LlamaConfig, RotaryEmbedding, causal_lm_loss_sum};
+use crate::model::{KvCache, LayerKv, Llama, LlamaConfig, RotaryEmbedding, head_loss_and_grad};
 
 /// `qst_model.safetensors`: the side network's parameters, f32, names of
 /// [`SideNetwork::named_params`].
@@ -934,18 +935,31 @@ pub fn head(model: &Llama, x: Tensor<3>) -> Tensor<3> {
         .reshape([b, s, v])
 }
 
+/// The frozen head's summed loss on `x` and `∂(loss / denom)/∂x`, a chunk of positions at a
+/// time ([`head_loss_and_grad`]: the `[b, s, vocab]` logits never exist whole).
+fn head_loss(
+    model: &Llama,
+    x: Tensor<3>,
+    labels: Tensor<2, Int>,
+    denom: f64,
+) -> (Tensor<1>, Tensor<3>) {
+    let vocab = model.lm_head_t.dims()[1];
+    head_loss_and_grad(x, labels, denom, vocab, |xc| head(model, xc))
+}
+
 /// KV caches for [`logits`]: the LLM's layers in [`KvCache::layers`], the side network's in
 /// [`KvCache::side_layers`].
 pub type QstCache = KvCache;
 
-/// Next-token logits of the QST model (LLM + side network + frozen head), running LLM layer `i`
+/// The frozen LM head's input in the QST model (the mix of the side network's upsampled output
+/// and the LLM's normed last state), running LLM layer `i`
 /// and side layer `i` in turn so that each LLM hidden state lives only until the side network
 /// has read it. Without a cache the tokens sit at positions `0..s`; with one they follow the
 /// cached tokens and are appended to it (as [`Llama::forward`]). The LLM records no graph.
 ///
 /// # Shapes
-/// `ids: [b, s]` -> `[b, s, v]`.
-pub fn logits(
+/// `ids: [b, s]` -> `[b, s, H]`.
+pub fn head_input(
     model: &Llama,
     side: &SideNetwork,
     ids: Tensor<2, Int>,
@@ -994,7 +1008,21 @@ pub fn logits(
         c.offset += s;
     }
     let normed = model.norm.forward(h).detach();
-    head(model, side.finish(state, normed))
+    side.finish(state, normed)
+}
+
+/// Next-token logits of the QST model (LLM + side network + frozen head): [`head`] on
+/// [`head_input`]. Caching as there.
+///
+/// # Shapes
+/// `ids: [b, s]` -> `[b, s, v]`.
+pub fn logits(
+    model: &Llama,
+    side: &SideNetwork,
+    ids: Tensor<2, Int>,
+    cache: Option<&mut QstCache>,
+) -> Tensor<3> {
+    head(model, head_input(model, side, ids, cache))
 }
 
 /// Loss and side-network gradients of one micro-batch on an autodiff device, as
@@ -1017,9 +1045,8 @@ pub fn loss_and_grads(
     let (_, _, mask) = model.positions(s);
     let x = side.forward(&hidden, normed, mask.as_ref());
     drop(hidden);
-    let (sum, _) = causal_lm_loss_sum(head(model, x), labels);
-    let grads = sum.clone().div_scalar(denom as f32).backward();
-    let loss_sum = sum.inner();
+    let (loss_sum, d) = head_loss(model, x.clone(), labels, denom);
+    let grads = (x * d.autodiff()).sum().backward();
     let grads = side
         .named_params()
         .iter()
@@ -1075,9 +1102,9 @@ pub fn loss_and_grads_checkpointed(
     }
     // 2. The head from s_L.
     let s_last = states.pop().expect("s_L").require_grad();
-    let (sum, _) = causal_lm_loss_sum(head(model, side.finish(s_last.clone(), normed)), labels);
-    let loss_sum = sum.clone().inner();
-    let g = sum.div_scalar(denom as f32).backward();
+    let x = side.finish(s_last.clone(), normed);
+    let (loss_sum, dx) = head_loss(model, x.clone(), labels, denom);
+    let g = (x * dx.autodiff()).sum().backward();
     collect(&g);
     let mut d = s_last.grad(&g).expect("s_L has a gradient"); // [b, s, H']
     // 3. Side layers, last to first, then the first downsample.

@@ -7,7 +7,7 @@
 //!
 //! **Activation checkpointing per decoder layer** (what QLoRA relies on for long sequences):
 //! 1. a forward without a graph keeps only each layer's input `hᵢ` (`[b, s, hidden]`);
-//! 2. the head's graph from `h_L` gives the loss and `∂L/∂h_L`;
+//! 2. the head's graph from `h_L`, a chunk of positions at a time, gives the loss and `∂L/∂h_L`;
 //! 3. from the last layer down, layer `i` runs again from `hᵢ` with a graph, and the backward of
 //!    `Σ layerᵢ(hᵢ) ⊙ ∂L/∂hᵢ₊₁` gives `∂L/∂hᵢ` and the gradients of layer `i`'s adapters.
 //!
@@ -18,7 +18,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor};
 
-use crate::model::{DecoderLayer, Llama, causal_lm_loss_sum};
+use crate::model::{DecoderLayer, Llama, head_loss_and_grad};
 use crate::peft::TargetModule;
 use crate::peft::lora::module_key;
 
@@ -123,7 +123,20 @@ fn grads_of(params: &[(String, Tensor<2>)], grads: &burn::tensor::Gradients) -> 
         .collect()
 }
 
-/// One graph over the whole model.
+/// The head's summed loss and `∂(loss / denom)/∂h` from the last layer's output, a chunk of
+/// positions at a time ([`head_loss_and_grad`]).
+fn head_loss(
+    model: &Llama,
+    h: Tensor<3>,
+    batch: &DeviceBatch,
+    denom: f64,
+) -> (Tensor<1>, Tensor<3>) {
+    let vocab = model.lm_head_t.dims()[1];
+    head_loss_and_grad(h, batch.labels.clone(), denom, vocab, |x| model.head(x))
+}
+
+/// One graph over the layers; the head in chunks, its gradient carried on by
+/// `Σ h ⊙ ∂L/∂h`.
 fn whole(model: &Llama, batch: &DeviceBatch, denom: f64, micro_seed: u64) -> MicroResult {
     let [_, s] = batch.input_ids.dims();
     let (cos, sin, mask) = model.positions(s);
@@ -132,11 +145,11 @@ fn whole(model: &Llama, batch: &DeviceBatch, denom: f64, micro_seed: u64) -> Mic
         seed_layer(model, micro_seed, i);
         h = layer.forward(h, &cos, &sin, mask.as_ref(), None);
     }
-    let (sum, _) = causal_lm_loss_sum(model.head(h), batch.labels.clone());
-    let grads = sum.clone().div_scalar(denom as f32).backward();
+    let (loss_sum, d) = head_loss(model, h.clone(), batch, denom);
+    let grads = (h * d.autodiff()).sum().backward();
     let params = param_values(model);
     MicroResult {
-        loss_sum: sum.inner(),
+        loss_sum,
         grads: grads_of(&params, &grads),
     }
 }
@@ -157,11 +170,8 @@ fn layerwise(model: &Llama, batch: &DeviceBatch, denom: f64, micro_seed: u64) ->
     // 2. The head.
     let params = param_values(model);
     let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
-    let h_last = inputs.pop().expect("layer outputs").require_grad();
-    let (sum, _) = causal_lm_loss_sum(model.head(h_last.clone()), batch.labels.clone());
-    let loss_sum = sum.clone().inner();
-    let g = sum.div_scalar(denom as f32).backward();
-    let mut d = h_last.grad(&g).expect("the head's input has a gradient"); // [b, s, hidden]
+    let h_last = inputs.pop().expect("layer outputs");
+    let (loss_sum, mut d) = head_loss(model, h_last, batch, denom); // d: [b, s, hidden]
     // 3. Each layer again, last to first.
     for (i, layer) in model.layers.iter().enumerate().rev() {
         seed_layer(model, micro_seed, i);
