@@ -952,10 +952,10 @@ fn head_loss(
 pub type QstCache = KvCache;
 
 /// The frozen LM head's input in the QST model (the mix of the side network's upsampled output
-/// and the LLM's normed last state), running LLM layer `i`
-/// and side layer `i` in turn so that each LLM hidden state lives only until the side network
-/// has read it. Without a cache the tokens sit at positions `0..s`; with one they follow the
-/// cached tokens and are appended to it (as [`Llama::forward`]). The LLM records no graph.
+/// and the LLM's normed last state), running LLM layer `i` and side layer `i` in turn so that
+/// each LLM hidden state lives only until the side network has read it. Without a cache the
+/// tokens sit at positions `0..s`; with one they follow the cached tokens and are appended to it
+/// (as [`Llama::forward`]). The LLM records no graph.
 ///
 /// # Shapes
 /// `ids: [b, s]` -> `[b, s, H]`.
