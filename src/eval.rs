@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::model::{IGNORE_INDEX, Llama, head_loss_sum};
+use crate::model::{IGNORE_INDEX, Llama};
 
 /// Errors from scoring a dataset.
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +69,7 @@ pub fn row_loss_tensor(model: &Llama, ex: &Example) -> Option<(Tensor<1>, usize)
     let device = model.embed_tokens.device();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ex.input_ids.clone(), [1, s]), &device); // [1, s]
     let labels = Tensor::<2, Int>::from_data(TensorData::new(ex.labels.clone(), [1, s]), &device); // [1, s]
-    let vocab = model.lm_head_t.dims()[1];
-    let x = model.head_input(ids, None); // [1, s, hidden]
-    let (sum, _) = head_loss_sum(x, labels, vocab, |c| model.apply_head(c));
+    let (sum, _) = model.loss_sum(ids, labels);
     Some((sum, n))
 }
 

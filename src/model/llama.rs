@@ -128,6 +128,22 @@ impl Llama {
         h
     }
 
+    /// The summed next-token loss of `labels` (`-100` ignored) for `input_ids` and its target
+    /// count, without a cache: [`Llama::head_input`], then the head a chunk of positions at a
+    /// time ([`crate::model::head_loss_sum`]), so the `[b, s, v]` logits never exist whole.
+    ///
+    /// # Shapes
+    /// `input_ids`, `labels`: `[b, s]` -> `([1], [1])`.
+    pub fn loss_sum(
+        &self,
+        input_ids: Tensor<2, Int>,
+        labels: Tensor<2, Int>,
+    ) -> (Tensor<1>, Tensor<1>) {
+        let x = self.head_input(input_ids, None);
+        let vocab = self.lm_head_t.dims()[1];
+        crate::model::head_loss_sum(x, labels, vocab, |c| self.apply_head(c))
+    }
+
     /// The LM head on [`Llama::head_input`]'s output: `norm(x)·W_headᵀ`, or `x·W_headᵀ` with a
     /// QST side network (whose mix already holds the normed state).
     ///

@@ -109,23 +109,13 @@ pub fn head_loss_sum(
     vocab: usize,
     head: impl Fn(Tensor<3>) -> Tensor<3>,
 ) -> (Tensor<1>, Tensor<1>) {
-    let [b, s, hidden] = x.dims();
-    let rows = b * s;
-    let x = x.reshape([rows, hidden]);
-    let targets = next_token_targets(labels).reshape([rows]);
-    let chunk = head_chunk_rows(vocab);
-    let mut acc: Option<(Tensor<1>, Tensor<1>)> = None;
-    for r0 in (0..rows).step_by(chunk) {
-        let len = chunk.min(rows - r0);
-        let xc = x.clone().narrow(0, r0, len).reshape([1, len, hidden]);
-        let logits = head(xc).reshape([len, vocab]);
-        let (sum, count) = token_loss_sum(logits, targets.clone().narrow(0, r0, len));
-        acc = Some(match acc {
-            Some((a, c)) => (a + sum, c + count),
-            None => (sum, count),
-        });
-    }
-    acc.expect("at least one position")
+    head_chunks(x, labels, head_chunk_rows(vocab))
+        .map(|(xc, targets)| {
+            let len = targets.dims()[0];
+            token_loss_sum(head(xc.unsqueeze::<3>()).reshape([len, vocab]), targets)
+        })
+        .reduce(|(a, c), (sum, count)| (a + sum, c + count))
+        .expect("at least one position")
 }
 
 /// [`head_loss_and_grad`] with `chunk` rows a chunk.
@@ -138,17 +128,13 @@ fn head_loss_and_grad_in(
     head: impl Fn(Tensor<3>) -> Tensor<3>,
 ) -> (Tensor<1>, Tensor<3>) {
     let [b, s, hidden] = x.dims();
-    let rows = b * s;
-    let x = x.detach().reshape([rows, hidden]);
-    let targets = next_token_targets(labels).reshape([rows]);
-    let chunk = chunk.max(1);
     let mut sum: Option<Tensor<1>> = None;
-    let mut grads = Vec::with_capacity(rows.div_ceil(chunk));
-    for r0 in (0..rows).step_by(chunk) {
-        let len = chunk.min(rows - r0);
-        let xc = x.clone().narrow(0, r0, len).require_grad(); // [len, H]
-        let logits = head(xc.clone().reshape([1, len, hidden])).reshape([len, vocab]);
-        let (part, _) = token_loss_sum(logits, targets.clone().narrow(0, r0, len));
+    let mut grads = Vec::new();
+    for (xc, targets) in head_chunks(x.detach(), labels, chunk) {
+        let len = targets.dims()[0];
+        let xc = xc.require_grad(); // [len, H]
+        let logits = head(xc.clone().unsqueeze::<3>()).reshape([len, vocab]);
+        let (part, _) = token_loss_sum(logits, targets);
         let g = part.clone().div_scalar(denom as f32).backward();
         grads.push(xc.grad(&g).expect("a head chunk's input has a gradient"));
         let part = part.inner();
@@ -159,6 +145,30 @@ fn head_loss_and_grad_in(
     }
     let sum = sum.expect("at least one position");
     (sum, Tensor::cat(grads, 0).reshape([b, s, hidden]))
+}
+
+/// `x`'s positions, flattened over the batch, in slices of `chunk` (at least 1), each with its
+/// next-token targets ([`next_token_targets`]).
+///
+/// # Shapes
+/// `x: [b, s, H]`, `labels: [b, s]` -> `([len, H], [len])` per chunk, `len <= chunk`.
+fn head_chunks(
+    x: Tensor<3>,
+    labels: Tensor<2, Int>,
+    chunk: usize,
+) -> impl Iterator<Item = (Tensor<2>, Tensor<1, Int>)> {
+    let [b, s, hidden] = x.dims();
+    let rows = b * s;
+    let x = x.reshape([rows, hidden]);
+    let targets = next_token_targets(labels).reshape([rows]);
+    let chunk = chunk.max(1);
+    (0..rows).step_by(chunk).map(move |r0| {
+        let len = chunk.min(rows - r0);
+        (
+            x.clone().narrow(0, r0, len),
+            targets.clone().narrow(0, r0, len),
+        )
+    })
 }
 
 #[cfg(test)]

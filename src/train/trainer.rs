@@ -19,7 +19,7 @@ use super::schedule::{Schedule, ScheduleKind};
 use super::step::{DeviceBatch, MicroResult, micro_step, mix_seed, param_values, params_mut};
 use crate::data::batch::{collate, epoch_batches};
 use crate::eval::Example;
-use crate::model::{Llama, head_loss_sum};
+use crate::model::Llama;
 use crate::peft::qst::{self, QstError, SideNetwork};
 use crate::peft::{self, AdapterError, LoraConfig};
 
@@ -308,7 +308,6 @@ impl Trainer {
         let mut model = self.model.clone().no_grad();
         peft::set_dropout_active(&mut model, false);
         let device = model.embed_tokens.device();
-        let vocab = model.lm_head_t.dims()[1];
         let mut acc: Option<(Tensor<1>, Tensor<1>)> = None;
         for chunk in self.eval.chunks(self.opts.batch_size.max(1)) {
             let refs: Vec<&Example> = chunk.iter().collect();
@@ -317,8 +316,7 @@ impl Trainer {
                 continue;
             }
             let db = device_batch(&b.input_ids, &b.labels, [b.batch, b.seq], &device);
-            let x = model.head_input(db.input_ids, None);
-            let (s, n) = head_loss_sum(x, db.labels, vocab, |c| model.apply_head(c));
+            let (s, n) = model.loss_sum(db.input_ids, db.labels);
             let (s, n) = (s.inner(), n.inner());
             acc = Some(match acc {
                 None => (s, n),
