@@ -13,7 +13,7 @@
 //! `Tokenizer::from_gguf_file`; they skip with a visible SKIPPED line only when the model is not
 //! cached and pip is absent. The template tests need no GGUF.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

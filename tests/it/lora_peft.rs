@@ -8,7 +8,7 @@
 //! float noise on small gradients, so the trajectory gets the looser bound).
 //! The WGSL path runs on the wgpu device (llvmpipe in CI); the CPU reference path as well.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! matmul), which for K <= 1000 stays orders of magnitude below these bounds, while any indexing,
 //! nibble-order or statistics mistake moves values by O(1).
 
-mod common;
+use crate::common;
 
 use burn::tensor::Tensor;
 use common::{cpu, rand_vec, rel_err, tensor, values, wgpu};

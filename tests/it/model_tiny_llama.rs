@@ -6,7 +6,7 @@
 //! NF4 with double quant, blocksize 64) and `reference.safetensors` (`input_ids`, `labels`, and
 //! the f32 logits/loss of `model-f32` and of the exact NF4 function, both from transformers).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

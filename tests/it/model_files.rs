@@ -3,7 +3,7 @@
 //!
 //! Fixture: `../shared/fixtures/tiny-llama` (model-f32 and the bnb NF4 checkpoint).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! hashes pinned below), and the real default model (SmolLM2-135M-Instruct Q4_1 GGUF, fetched
 //! through `default_model_path()`; skipped with a visible line only when pip is absent).
 
-mod common;
+use crate::common;
 
 use half::f16;
 use wgtune::io::IoError;

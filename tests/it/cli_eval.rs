@@ -6,7 +6,7 @@
 //! SmolLM2-135M-Instruct (fetched through `default_model_path()`; skipped with a visible line
 //! only when pip is absent) for `generate`.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -13,7 +13,7 @@
 //! Asserted: loss 1e-2 (the bound), logits 1e-3 (10x the observed f32 reordering noise,
 //! still far below what a wrong weight, permutation or RoPE detail produces: >1e-1).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
