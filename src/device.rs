@@ -70,10 +70,11 @@ pub struct Selected {
     pub description: String,
 }
 
-/// The device `choice` resolves to on this machine.
+/// The device `choice` resolves to on this machine. A build without the `native` feature has no
+/// CPU backend: there `cpu` (and `auto` without a GPU) means the default wgpu adapter.
 pub fn select(choice: DeviceChoice) -> Selected {
     match choice {
-        DeviceChoice::Cpu => cpu(),
+        DeviceChoice::Cpu => cpu().unwrap_or_else(|| select(DeviceChoice::Wgpu)),
         DeviceChoice::Wgpu => {
             let description = match default_adapter() {
                 Some(a) => format!("wgpu: {}", a.summary()),
@@ -100,18 +101,24 @@ pub fn select(choice: DeviceChoice) -> Selected {
                     };
                 }
             }
-            cpu()
+            cpu().unwrap_or_else(|| select(DeviceChoice::Wgpu))
         }
     }
 }
 
-fn cpu() -> Selected {
-    #[allow(deprecated)] // burn-ndarray: the CPU backend DESIGN.md measured fastest here
-    let device = Device::ndarray();
-    Selected {
-        device,
-        description: "cpu (burn ndarray, reference path)".to_string(),
+/// burn's CPU backend, or `None` in a build without it (the browser's: `native` off).
+fn cpu() -> Option<Selected> {
+    #[cfg(feature = "native")]
+    {
+        #[allow(deprecated)] // burn-ndarray: the CPU backend DESIGN.md measured fastest here
+        let device = Device::ndarray();
+        Some(Selected {
+            device,
+            description: "cpu (burn ndarray, reference path)".to_string(),
+        })
     }
+    #[cfg(not(feature = "native"))]
+    None
 }
 
 /// One wgpu adapter and what matters about it for wgtune's kernels.

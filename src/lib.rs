@@ -4,6 +4,7 @@
 //! Data flows one way: [`io`] loads files, [`quant`] packs weights into 4-bit blocks, [`ops`]
 //! runs the quantized and LoRA products on the device (WGSL on wgpu, plain burn ops elsewhere).
 
+#[cfg(feature = "native")]
 pub mod cli;
 pub mod data;
 pub mod device;

@@ -7,9 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "native")]
 use std::time::Duration;
 
 use burn::tensor::Device;
+#[cfg(feature = "native")]
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::template::{self, ChatTemplate};
@@ -427,6 +429,7 @@ fn safetensors_bytes(dir: &Path) -> u64 {
 }
 
 /// A progress bar on stderr with bytes/s, or a spinner when the size is unknown (`total == 0`).
+#[cfg(feature = "native")]
 fn load_bar(path: &Path, total: u64) -> ProgressBar {
     let bar = if total > 0 {
         let bar = ProgressBar::new(total);
@@ -447,4 +450,20 @@ fn load_bar(path: &Path, total: u64) -> ProgressBar {
             .unwrap_or_default(),
     );
     bar
+}
+
+/// Without the `native` feature (the browser build) loads report no progress here: the page
+/// shows its own.
+#[cfg(not(feature = "native"))]
+fn load_bar(_path: &Path, _total: u64) -> NoBar {
+    NoBar
+}
+
+#[cfg(not(feature = "native"))]
+struct NoBar;
+
+#[cfg(not(feature = "native"))]
+impl NoBar {
+    fn inc(&self, _n: u64) {}
+    fn finish_and_clear(&self) {}
 }

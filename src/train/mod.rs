@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod optim;
+#[cfg(feature = "native")]
 pub mod plot;
 pub mod schedule;
 pub mod step;
