@@ -3,16 +3,20 @@
 //!
 //! * speed and memory: `--batch` rows of `--seq` random tokens per step (defaults 4 x 512);
 //!   LoRA r 16 on all linear layers with per-layer activation checkpointing vs QST (r 16,
-//!   reduction 16); mean step time after a warmup step, peak RSS (`VmHWM`) and, on wgpu, the
-//!   largest `bytes_reserved` of the device pools;
+//!   reduction 16); mean step time after a warmup step; peak RSS (`VmHWM`) of the whole process
+//!   and of the training alone (the mark reset after loading, through `/proc/self/clear_refs`);
+//!   and, on wgpu, the largest `bytes_reserved` of the device pools;
 //! * quality: `--quality-steps` steps (batch 8, cosine, peak lr `--lr` for LoRA and `--qst-lr`
 //!   for QST, both 1e-3 by default) on the quickstart's date data, then the eval loss on its
 //!   held-out rows.
 //!
 //! ```text
 //! cargo run --release --example bench_qst [-- --device cpu|wgpu] [--seq N] [--batch N]
-//!     [--steps N] [--quality-steps N] [--lr LR] [--qst-lr LR]
+//!     [--steps N] [--quality-steps N] [--lr LR] [--qst-lr LR] [--methods lora,qst,qst-full]
 //! ```
+//! Methods: `lora`, `qst` (the side network checkpointed per layer, as the trainer runs it with
+//! activation checkpointing on) and `qst-full` (one graph over the whole side network: one
+//! forward less, every side layer's attention maps alive at once).
 //! Each method runs in a child process of its own so that its peak memory is its own.
 
 use std::process::Command;
@@ -41,6 +45,7 @@ struct Args {
     lr_lora: f64,
     lr_qst: f64,
     one: Option<String>,
+    methods: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -53,6 +58,7 @@ fn parse_args() -> Result<Args> {
         lr_lora: 1e-3,
         lr_qst: 1e-3,
         one: None,
+        methods: vec!["lora".into(), "qst".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -66,6 +72,7 @@ fn parse_args() -> Result<Args> {
             "--lr" => a.lr_lora = value()?.parse()?,
             "--qst-lr" => a.lr_qst = value()?.parse()?,
             "--one" => a.one = Some(value()?),
+            "--methods" => a.methods = value()?.split(',').map(str::to_string).collect(),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -81,7 +88,7 @@ fn prepare(pre: &mut Pretrained, method: &str) -> Result<LoraConfig> {
     };
     match method {
         "lora" => peft::attach(&mut pre.model, &lora, 0),
-        "qst" => {
+        "qst" | "qst-full" => {
             let device = pre.model.embed_tokens.device();
             pre.model.side = Some(SideNetwork::init(
                 &pre.config,
@@ -141,10 +148,13 @@ fn run_one(a: &Args, method: &str) -> Result<()> {
         warmup_ratio: 0.0,
         batch_size: a.batch,
         steps: Some(a.steps),
-        activation_checkpointing: true,
+        activation_checkpointing: method != "qst-full",
         ..TrainOptions::default()
     };
     let mut trainer = Trainer::new(pre.model, lora.clone(), rows, Vec::new(), opts)?;
+    // From here VmHWM is the training's own peak (Linux: "5" resets the mark to the current RSS).
+    let load_peak = peak_rss_bytes().unwrap_or(0);
+    let train_mark = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let mut start = Instant::now();
     let mut timed = Vec::new();
     let mut peak_device = 0u64;
@@ -157,7 +167,9 @@ fn run_one(a: &Args, method: &str) -> Result<()> {
             start = Instant::now();
         }
     })?;
-    let peak_rss = peak_rss_bytes().unwrap_or(0);
+    let since_mark = peak_rss_bytes().unwrap_or(0);
+    let peak_rss = load_peak.max(since_mark);
+    let train_rss = if train_mark { since_mark } else { 0 };
     drop(trainer);
     let step_s = timed.iter().sum::<f64>() / timed.len() as f64;
 
@@ -183,7 +195,11 @@ fn run_one(a: &Args, method: &str) -> Result<()> {
         .and_then(|t| t.eos_id())
         .map_or(0, i64::from);
     let opts = TrainOptions {
-        lr: if method == "qst" { a.lr_qst } else { a.lr_lora },
+        lr: if method.starts_with("qst") {
+            a.lr_qst
+        } else {
+            a.lr_lora
+        },
         schedule: ScheduleKind::Cosine,
         warmup_ratio: 0.05,
         batch_size: 8,
@@ -205,6 +221,7 @@ fn run_one(a: &Args, method: &str) -> Result<()> {
             "step_s": step_s,
             "tok_s": (a.seq * a.batch) as f64 / step_s,
             "peak_rss": peak_rss,
+            "train_rss": train_rss,
             "peak_device": peak_device,
             "eval_before": before,
             "eval_after": after,
@@ -225,7 +242,8 @@ fn main() -> Result<()> {
     }
     let exe = std::env::current_exe()?;
     let mut res = Vec::new();
-    for method in ["lora", "qst"] {
+    for method in &a.methods {
+        let method = method.as_str();
         let out = Command::new(&exe)
             .args(["--one", method, "--device", &a.device])
             .args(["--seq", &a.seq.to_string(), "--batch", &a.batch.to_string()])
@@ -256,35 +274,55 @@ fn main() -> Result<()> {
     );
     println!("device: {}", res[0].1["device"].as_str().unwrap_or(""));
     println!(
-        "{:<6} {:>10} {:>9} {:>9} {:>11} {:>12} {:>11} {:>11}",
+        "{:<8} {:>10} {:>9} {:>9} {:>10} {:>10} {:>12} {:>11} {:>11}",
         "method",
         "params",
         "step s",
         "tok/s",
         "peak RSS",
+        "train RSS",
         "peak device",
         "eval before",
         "eval after"
     );
     for (m, v) in &res {
         println!(
-            "{:<6} {:>10} {:>9.2} {:>9.1} {:>11} {:>12} {:>11.4} {:>11.4}",
+            "{:<8} {:>10} {:>9.2} {:>9.1} {:>10} {:>10} {:>12} {:>11.4} {:>11.4}",
             m,
             f(v, "params"),
             f(v, "step_s"),
             f(v, "tok_s"),
             mib(f(v, "peak_rss")),
+            mib(f(v, "train_rss")),
             mib(f(v, "peak_device")),
             f(v, "eval_before"),
             f(v, "eval_after")
         );
     }
-    let (l, q) = (&res[0].1, &res[1].1);
-    println!(
-        "QST vs LoRA: {:.2}x faster steps, {:.2}x less peak RSS, eval loss {:+.1}%",
-        f(l, "step_s") / f(q, "step_s"),
-        f(l, "peak_rss") / f(q, "peak_rss"),
-        100.0 * (f(q, "eval_after") / f(l, "eval_after") - 1.0)
-    );
+    // Every method against the first (LoRA by default); device memory where there is a pool.
+    let (base_name, base) = (&res[0].0, &res[0].1);
+    for (m, v) in &res[1..] {
+        // `mem_bytes` is the device pools' reservation on wgpu, the RSS elsewhere.
+        let on_wgpu = base["device"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("wgpu"));
+        let memory = if on_wgpu {
+            format!(
+                "{:.2}x less peak device memory",
+                f(base, "peak_device") / f(v, "peak_device")
+            )
+        } else {
+            format!(
+                "{:.2}x less peak RSS ({:.2}x in training)",
+                f(base, "peak_rss") / f(v, "peak_rss"),
+                f(base, "train_rss") / f(v, "train_rss")
+            )
+        };
+        println!(
+            "{m} vs {base_name}: {:.2}x faster steps, {memory}, eval loss {:+.1}%",
+            f(base, "step_s") / f(v, "step_s"),
+            100.0 * (f(v, "eval_after") / f(base, "eval_after") - 1.0)
+        );
+    }
     Ok(())
 }
