@@ -184,6 +184,36 @@ fn dequantize_rows(w: &Weight, layout: &QLayout, r0: usize, r1: usize) -> CubeTe
     out
 }
 
+/// `dequant(W[r0..r1, :])ᵀ` as a row-major `[K, r1 - r0]` tensor (`dequant_4bit_t.wgsl`), the
+/// right-hand operand of `X Wᵀ` in the layout a dense model stores. Needs `K % 8 == 0`.
+fn dequantize_rows_t(w: &Weight, layout: &QLayout, r0: usize, r1: usize) -> CubeTensor {
+    let k = layout.in_features;
+    debug_assert!(
+        k.is_multiple_of(8),
+        "the transposing dequantization needs whole words per row"
+    );
+    let rows = r1 - r0;
+    let out = empty_f32(&w.scales, Shape::from(vec![k, rows]));
+    let (tn, tk) = shaders::DEQUANT_T_TILE;
+    let tiles_k = k.div_ceil(tk);
+    let (gx, gy) = grid_2d(rows.div_ceil(tn) * tiles_k);
+    let [p, q, s, t] = w.buffers();
+    launch(
+        Shader::DequantT(w.stats),
+        (gx, gy, 1),
+        &[p, q, s, t, &out],
+        &[
+            k as u32,
+            layout.blocksize as u32,
+            r0 as u32,
+            rows as u32,
+            tiles_k as u32,
+            gx,
+        ],
+    );
+    out
+}
+
 fn dequantize_weight(w: &Weight, layout: &QLayout) -> CubeTensor {
     dequantize_rows(w, layout, 0, layout.out_features)
 }
@@ -259,8 +289,8 @@ fn dequant_matmul(
     let mut sum: Option<CubeTensor> = None;
     for r0 in (0..n).step_by(step) {
         let r1 = (r0 + step).min(n);
-        let wd = dequantize_rows(w, layout, r0, r1); // [r1 - r0, K]
         if transposed {
+            let wd = dequantize_rows(w, layout, r0, r1); // [r1 - r0, K]
             // dX = sum over chunks of dY[:, r0..r1] W[r0..r1, :].
             let part = if r0 == 0 && r1 == n {
                 lhs.clone()
@@ -273,11 +303,14 @@ fn dequant_matmul(
                 None => prod,
             });
         } else {
-            // Y[:, r0..r1] = X W[r0..r1, :]^T.
-            outputs.push(CubeBackend::float_matmul(
-                lhs.clone(),
-                CubeBackend::float_transpose(wd),
-            ));
+            // Y[:, r0..r1] = X W[r0..r1, :]^T, W^T dequantized straight into [K, r1 - r0]
+            // where rows hold whole words, else as a transposed view of [r1 - r0, K].
+            let wt = if layout.in_features.is_multiple_of(8) {
+                dequantize_rows_t(w, layout, r0, r1)
+            } else {
+                CubeBackend::float_transpose(dequantize_rows(w, layout, r0, r1))
+            };
+            outputs.push(CubeBackend::float_matmul(lhs.clone(), wt));
         }
     }
     match sum {

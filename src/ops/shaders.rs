@@ -10,12 +10,17 @@
 
 const COMMON_4BIT: &str = include_str!("../../shaders/common_4bit.wgsl");
 const DEQUANT_4BIT: &str = include_str!("../../shaders/dequant_4bit.wgsl");
+const DEQUANT_4BIT_T: &str = include_str!("../../shaders/dequant_4bit_t.wgsl");
 const QMATMUL_4BIT: &str = include_str!("../../shaders/qmatmul_4bit.wgsl");
 const QMATMUL_4BIT_T: &str = include_str!("../../shaders/qmatmul_4bit_t.wgsl");
 const LORA: &str = include_str!("../../shaders/lora.wgsl");
 
 /// Invocations per workgroup of the dequantization kernel.
 pub const DEQUANT_WG: u32 = 256;
+/// Invocations per workgroup of the transposing dequantization kernel (one 32 x 64 tile of W).
+pub const DEQUANT_T_WG: u32 = 256;
+/// Rows and columns of W per workgroup of the transposing dequantization kernel.
+pub const DEQUANT_T_TILE: (usize, usize) = (32, 64);
 /// Row-tile sizes the fused kernels are specialized for.
 pub const FUSED_TILES: [u32; 2] = [1, 8];
 
@@ -62,6 +67,8 @@ pub struct StatsKind {
 pub enum Shader {
     /// `dequant_4bit.wgsl`.
     Dequant(StatsKind),
+    /// `dequant_4bit_t.wgsl`: rows of W dequantized into `[K, rows]` (needs `K % 8 == 0`).
+    DequantT(StatsKind),
     /// `qmatmul_4bit.wgsl`, `tm` rows of X per workgroup.
     Qmatmul { stats: StatsKind, tm: u32 },
     /// `qmatmul_4bit_t.wgsl`, `tm` rows of dY per workgroup.
@@ -75,6 +82,7 @@ impl Shader {
     pub fn workgroup(&self) -> (u32, u32, u32) {
         match self {
             Shader::Dequant(_) => (DEQUANT_WG, 1, 1),
+            Shader::DequantT(_) => (DEQUANT_T_WG, 1, 1),
             Shader::Qmatmul { .. } => (32, 8, 1),
             Shader::QmatmulT { .. } => (64, 4, 1),
             Shader::Lora { .. } => (16, 16, 1),
@@ -94,6 +102,7 @@ impl Shader {
                 );
                 with_common(stats, &body)
             }
+            Shader::DequantT(stats) => with_common(stats, DEQUANT_4BIT_T),
             Shader::Qmatmul { stats, tm } => {
                 let body = render(
                     QMATMUL_4BIT,
@@ -136,6 +145,7 @@ impl Shader {
                 nested: NESTED_BLOCKSIZE,
             };
             all.push(Shader::Dequant(stats));
+            all.push(Shader::DequantT(stats));
             for tm in FUSED_TILES {
                 all.push(Shader::Qmatmul { stats, tm });
                 all.push(Shader::QmatmulT { stats, tm });
