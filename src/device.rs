@@ -74,7 +74,7 @@ pub struct Selected {
 /// CPU backend: there `cpu` (and `auto` without a GPU) means the default wgpu adapter.
 pub fn select(choice: DeviceChoice) -> Selected {
     match choice {
-        DeviceChoice::Cpu => cpu().unwrap_or_else(|| select(DeviceChoice::Wgpu)),
+        DeviceChoice::Cpu => cpu(),
         DeviceChoice::Wgpu => {
             let description = match default_adapter() {
                 Some(a) => format!("wgpu: {}", a.summary()),
@@ -101,24 +101,25 @@ pub fn select(choice: DeviceChoice) -> Selected {
                     };
                 }
             }
-            cpu().unwrap_or_else(|| select(DeviceChoice::Wgpu))
+            cpu()
         }
     }
 }
 
-/// burn's CPU backend, or `None` in a build without it (the browser's: `native` off).
-fn cpu() -> Option<Selected> {
+/// burn's CPU backend; in a build without it (the browser's: `native` off), the default wgpu
+/// adapter.
+fn cpu() -> Selected {
     #[cfg(feature = "native")]
     {
         #[allow(deprecated)] // burn-ndarray: the CPU backend DESIGN.md measured fastest here
         let device = Device::ndarray();
-        Some(Selected {
+        Selected {
             device,
             description: "cpu (burn ndarray, reference path)".to_string(),
-        })
+        }
     }
     #[cfg(not(feature = "native"))]
-    None
+    select(DeviceChoice::Wgpu)
 }
 
 /// One wgpu adapter and what matters about it for wgtune's kernels.
