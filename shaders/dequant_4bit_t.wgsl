@@ -5,12 +5,13 @@
 // out as a dense model stores it, so burn's matmul needs no transposed operand (whose kernels
 // ran up to 1.25x slower on a GPU). Layout and statistics: see common_4bit.wgsl.
 //
-// A workgroup covers a tile of 32 rows x 64 columns of W: 256 packed words, since K is a
-// multiple of 8 and so a word never straddles two rows. Invocation t decodes word t of the tile
-// (row t / 8, columns 8 * (t % 8) ..+8) into workgroup memory; after a barrier it stores
-// elements t, t + 256, .., t + 7 * 256 of the tile taken column by column, so that neighbouring
-// invocations write neighbouring floats of one output row k (32 floats, coalesced). Tile rows
-// are padded to 65 floats so that those column reads fall in different memory banks.
+// A workgroup covers a tile of TN rows x TK columns of W (32 x 64 as launched): WG = TN*TK/8
+// packed words, since K is a multiple of 8 and so a word never straddles two rows. Invocation t
+// decodes word t of the tile (row t / (TK/8), columns 8 * (t % (TK/8)) ..+8) into workgroup
+// memory; after a barrier it stores elements t, t + WG, .., t + 7 * WG of the tile taken column
+// by column, so that neighbouring invocations write neighbouring floats of one output row k (TN
+// floats, coalesced). Tile rows are padded to TK + 1 floats so that those column reads fall in
+// different memory banks.
 // A 2-D grid covers more than 65535 tiles.
 //
 // Bindings: 0 packed u32[ceil(N*K/8)] | 1 absmax_q u32 (double quant) | 2 scales f32
@@ -30,13 +31,14 @@ fn param(i: u32) -> u32 {
     return params[i >> 2u][i & 3u];
 }
 
-const TN: u32 = 32u; // rows of W per tile
-const TK: u32 = 64u; // columns of W per tile
-const PAD: u32 = 65u; // floats per tile row in workgroup memory
-// W[tile row i, tile column j] sits in tile[i * PAD + j] (8320 bytes).
-var<workgroup> tile: array<f32, 2080>;
+const TN: u32 = {{ tn }}u; // rows of W per tile
+const TK: u32 = {{ tk }}u; // columns of W per tile (a multiple of 8)
+const WG: u32 = {{ wg }}u; // TN * TK / 8: one packed word per invocation
+const PAD: u32 = TK + 1u; // floats per tile row in workgroup memory
+// W[tile row i, tile column j] sits in tile[i * PAD + j] (TN * PAD floats).
+var<workgroup> tile: array<f32, {{ tile_len }}>;
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size({{ wg }}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k_len = param(0u);
     let rows = param(3u);
@@ -44,8 +46,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let tile_n = group / param(4u);
     let tile_k = group % param(4u);
     // Decode: one word, eight consecutive columns of one row.
-    let i = lid / 8u;
-    let j0 = (lid % 8u) * 8u;
+    let i = lid / (TK / 8u);
+    let j0 = (lid % (TK / 8u)) * 8u;
     let n = tile_n * TN + i; // row of the chunk
     let k = tile_k * TK + j0;
     if n < rows && k < k_len {
@@ -59,7 +61,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
     // Store: element q of the tile column by column, W[n, k] -> out[k * rows + n].
     for (var s = 0u; s < 8u; s++) {
-        let q = s * 256u + lid;
+        let q = s * WG + lid;
         let ti = q % TN;
         let tj = q / TN;
         let on = tile_n * TN + ti;

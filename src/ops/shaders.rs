@@ -17,10 +17,10 @@ const LORA: &str = include_str!("../../shaders/lora.wgsl");
 
 /// Invocations per workgroup of the dequantization kernel.
 pub const DEQUANT_WG: u32 = 256;
-/// Invocations per workgroup of the transposing dequantization kernel (one 32 x 64 tile of W).
-pub const DEQUANT_T_WG: u32 = 256;
-/// Rows and columns of W per workgroup of the transposing dequantization kernel.
+/// Rows and columns of W per workgroup of the transposing dequantization kernel (the columns a
+/// multiple of 8); it runs one invocation per packed word of the tile.
 pub const DEQUANT_T_TILE: (usize, usize) = (32, 64);
+const DEQUANT_T_WG: u32 = (DEQUANT_T_TILE.0 * DEQUANT_T_TILE.1 / 8) as u32;
 /// Row-tile sizes the fused kernels are specialized for.
 pub const FUSED_TILES: [u32; 2] = [1, 8];
 
@@ -102,7 +102,19 @@ impl Shader {
                 );
                 with_common(stats, &body)
             }
-            Shader::DequantT(stats) => with_common(stats, DEQUANT_4BIT_T),
+            Shader::DequantT(stats) => {
+                let (tn, tk) = DEQUANT_T_TILE;
+                let body = render(
+                    DEQUANT_4BIT_T,
+                    &[
+                        ("tn", tn.to_string()),
+                        ("tk", tk.to_string()),
+                        ("wg", DEQUANT_T_WG.to_string()),
+                        ("tile_len", (tn * (tk + 1)).to_string()),
+                    ],
+                );
+                with_common(stats, &body)
+            }
             Shader::Qmatmul { stats, tm } => {
                 let body = render(
                     QMATMUL_4BIT,
