@@ -301,11 +301,11 @@ fn main() -> Result<()> {
     }
     // Every method against the first (LoRA by default); device memory where there is a pool.
     let (base_name, base) = (&res[0].0, &res[0].1);
+    // `mem_bytes` is the device pools' reservation on wgpu, the RSS elsewhere.
+    let on_wgpu = base["device"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("wgpu"));
     for (m, v) in &res[1..] {
-        // `mem_bytes` is the device pools' reservation on wgpu, the RSS elsewhere.
-        let on_wgpu = base["device"]
-            .as_str()
-            .is_some_and(|d| d.starts_with("wgpu"));
         let memory = if on_wgpu {
             format!(
                 "{:.2}x less peak device memory",
