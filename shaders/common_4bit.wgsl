@@ -12,6 +12,12 @@
 //                  scales = nested_absmax, tables[272] = offset = mean of the original absmax)
 // Value: w_i = tables[nibble_i] * absmax_{i / BLOCKSIZE}, tables[0..16] = NF4 or FP4 codebook.
 
+// The weight's bindings, the first four of every 4-bit shader (its own start at 4):
+@group(0) @binding(0) var<storage, read_write> packed: array<u32>;
+@group(0) @binding(1) var<storage, read_write> absmax_q: array<u32>;
+@group(0) @binding(2) var<storage, read_write> scales: array<f32>;
+@group(0) @binding(3) var<storage, read_write> tables: array<f32>;
+
 const DOUBLE_QUANT: bool = {{ double_quant }};
 const NESTED: u32 = {{ nested }}u;
 

@@ -20,10 +20,7 @@
 // The storage bindings are all read_write: CubeCL may place several tensors in one buffer, and
 // WebGPU refuses a read-only binding of a buffer that another binding of the dispatch writes.
 
-@group(0) @binding(0) var<storage, read_write> packed: array<u32>;
-@group(0) @binding(1) var<storage, read_write> absmax_q: array<u32>;
-@group(0) @binding(2) var<storage, read_write> scales: array<f32>;
-@group(0) @binding(3) var<storage, read_write> tables: array<f32>;
+// Bindings 0-3 (the weight): declared in common_4bit.wgsl.
 @group(0) @binding(4) var<storage, read_write> output: array<f32>;
 @group(0) @binding(5) var<uniform> params: array<vec4<u32>, 2>;
 // Launch parameter i (CubeCL's info uniform: up to 8 u32, cached across launches).

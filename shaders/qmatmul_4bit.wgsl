@@ -10,10 +10,7 @@
 // Bindings: 0 packed | 1 absmax_q | 2 scales | 3 tables | 4 x f32[M*K] | 5 y f32[M*N]
 //           6 params (uniform) u32[M, N, K, blocksize, groups_x]
 
-@group(0) @binding(0) var<storage, read_write> packed: array<u32>;
-@group(0) @binding(1) var<storage, read_write> absmax_q: array<u32>;
-@group(0) @binding(2) var<storage, read_write> scales: array<f32>;
-@group(0) @binding(3) var<storage, read_write> tables: array<f32>;
+// Bindings 0-3 (the weight): declared in common_4bit.wgsl.
 @group(0) @binding(4) var<storage, read_write> x: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 @group(0) @binding(6) var<uniform> params: array<vec4<u32>, 2>;
