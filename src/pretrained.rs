@@ -17,8 +17,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::data::template::{self, ChatTemplate};
 use crate::data::tokenizer::{self, Tokenizer};
 use crate::io::gguf::GgufFile;
-use crate::io::gguf::llama::hf_to_gguf_name;
 use crate::io::{Checkpoint, SafetensorsFile};
+use crate::model::load::Builder;
 use crate::model::{self, Llama, LlamaConfig, LoadError};
 use crate::quant::QuantConfig;
 
@@ -125,52 +125,22 @@ impl Pretrained {
         quant: Option<QuantConfig>,
         device: &Device,
     ) -> Result<Self, PretrainedError> {
-        let gguf = GgufFile::open(path).map_err(LoadError::Io)?;
-        let total: u64 = gguf.tensors().iter().map(|t| t.n_bytes()).sum();
-        let bar = load_bar(path, total);
-        let out = Self::from_gguf(gguf, quant, device, &mut |n| bar.inc(n));
+        let loading = Loading::gguf(GgufFile::open(path).map_err(LoadError::Io)?, quant, device)?;
+        let bar = load_bar(path, loading.bytes().1);
+        let out = loading.run(&mut |n| bar.inc(n));
         bar.finish_and_clear();
         out
     }
 
     /// The model of an opened GGUF file (read from disk or held in memory); `progress(bytes)`
-    /// is called with each tensor's stored size once read.
+    /// is called with the stored size of each piece's tensors once read.
     pub fn from_gguf(
         gguf: GgufFile,
         quant: Option<QuantConfig>,
         device: &Device,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Self, PretrainedError> {
-        let path = gguf.path().to_path_buf();
-        let hf_config = gguf.llama_config().map_err(LoadError::Io)?;
-        let config = LlamaConfig::from_json(&hf_config.to_hf_config_json().to_string(), &path)?;
-        let model = model::load_from_tensors(
-            &config,
-            &path,
-            |name| {
-                let (dims, values) = gguf.hf_tensor_f32(name)?;
-                if let Some(info) = hf_to_gguf_name(name).and_then(|g| gguf.tensor(&g)) {
-                    progress(info.n_bytes());
-                }
-                Ok((values, dims))
-            },
-            quant,
-            device,
-        )?;
-        let tokenizer = Tokenizer::from_gguf_file(&gguf)?;
-        let template = match gguf.chat_template().map_err(LoadError::Io)? {
-            Some(source) => ChatTemplate::new(source)?,
-            None => ChatTemplate::preset("chatml")?,
-        };
-        let template = with_tokens(template, &tokenizer);
-        Ok(Self {
-            model,
-            config,
-            tokenizer: Some(tokenizer),
-            template,
-            path,
-            format: ModelFormat::Gguf,
-        })
+        Loading::gguf(gguf, quant, device)?.run(progress)
     }
 
     fn load_hf_dir(
@@ -190,24 +160,66 @@ impl Pretrained {
             Ok(bytes) => chat_template_of(&dir.join(TOKENIZER_CONFIG), &bytes)?,
             Err(_) => None,
         };
-        let bar = load_bar(dir, safetensors_bytes(dir));
-        let out = Self::from_hf_parts(
-            dir,
-            config,
-            ckpt,
-            tokenizer,
-            chat_template,
-            quant,
-            device,
-            &mut |n| bar.inc(n),
-        );
+        let loading = Loading::hf(dir, config, ckpt, tokenizer, chat_template, quant, device)?;
+        let bar = load_bar(dir, loading.bytes().1);
+        let out = loading.run(&mut |n| bar.inc(n));
         bar.finish_and_clear();
         out
     }
 
-    /// The model of a Hugging Face file set, however its files were read.
-    #[allow(clippy::too_many_arguments)]
-    fn from_hf_parts(
+    /// The tokenizer, or an error naming the model when it has none.
+    pub fn tokenizer(&self) -> Result<&Tokenizer, PretrainedError> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| PretrainedError::NoTokenizer(self.path.clone()))
+    }
+}
+
+/// A model being put on a device a piece at a time (embeddings, head, each decoder layer, final
+/// norm; see [`model::load::Builder`]): tokenizer and chat template are already read, the
+/// weights follow one [`Loading::step`] at a time. A browser tab yields to its event loop
+/// between steps and shows [`Loading::bytes`]; native loaders call [`Loading::run`].
+pub struct Loading {
+    builder: Builder<'static>,
+    total_bytes: u64,
+    config: LlamaConfig,
+    tokenizer: Option<Tokenizer>,
+    template: ChatTemplate,
+    path: PathBuf,
+    format: ModelFormat,
+}
+
+impl Loading {
+    /// Starts loading an opened GGUF file: config, tokenizer and chat template from its
+    /// metadata.
+    fn gguf(
+        gguf: GgufFile,
+        quant: Option<QuantConfig>,
+        device: &Device,
+    ) -> Result<Self, PretrainedError> {
+        let path = gguf.path().to_path_buf();
+        let hf_config = gguf.llama_config().map_err(LoadError::Io)?;
+        let config = LlamaConfig::from_json(&hf_config.to_hf_config_json().to_string(), &path)?;
+        let tokenizer = Tokenizer::from_gguf_file(&gguf)?;
+        let template = match gguf.chat_template().map_err(LoadError::Io)? {
+            Some(source) => ChatTemplate::new(source)?,
+            None => ChatTemplate::preset("chatml")?,
+        };
+        let template = with_tokens(template, &tokenizer);
+        let total_bytes = gguf.tensors().iter().map(|t| t.n_bytes()).sum();
+        Ok(Self {
+            builder: Builder::from_gguf(&config, gguf, quant, device)?,
+            total_bytes,
+            config,
+            tokenizer: Some(tokenizer),
+            template,
+            path,
+            format: ModelFormat::Gguf,
+        })
+    }
+
+    /// Starts loading a Hugging Face file set, however its files were read.
+    fn hf(
         dir: &Path,
         config: LlamaConfig,
         ckpt: Checkpoint,
@@ -215,9 +227,7 @@ impl Pretrained {
         chat_template: Option<String>,
         quant: Option<QuantConfig>,
         device: &Device,
-        progress: &mut dyn FnMut(u64),
     ) -> Result<Self, PretrainedError> {
-        let model = model::load::load_checkpoint(&config, ckpt, dir, quant, device, progress)?;
         let template = match chat_template {
             Some(source) => ChatTemplate::new(&source)?,
             None => ChatTemplate::preset("chatml")?,
@@ -226,8 +236,10 @@ impl Pretrained {
             Some(t) => with_tokens(template, t),
             None => template,
         };
+        let total_bytes = ckpt.data_bytes();
         Ok(Self {
-            model,
+            builder: Builder::from_checkpoint(&config, ckpt, dir, quant, device)?,
+            total_bytes,
             config,
             tokenizer,
             template,
@@ -236,11 +248,44 @@ impl Pretrained {
         })
     }
 
-    /// The tokenizer, or an error naming the model when it has none.
-    pub fn tokenizer(&self) -> Result<&Tokenizer, PretrainedError> {
-        self.tokenizer
-            .as_ref()
-            .ok_or_else(|| PretrainedError::NoTokenizer(self.path.clone()))
+    /// Reads, quantizes and uploads the next piece; `Ok(true)` once the weights are complete.
+    pub fn step(&mut self) -> Result<bool, PretrainedError> {
+        Ok(self.builder.step()?)
+    }
+
+    /// `(read, total)` stored bytes of the weights (`read` can stop short of `total`: file
+    /// headers and tensors the model does not use are never read).
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.builder.bytes_read(), self.total_bytes)
+    }
+
+    /// `(built, total)` pieces.
+    pub fn pieces(&self) -> (usize, usize) {
+        (self.builder.pieces_done(), self.builder.pieces())
+    }
+
+    /// Builds what is left; the model.
+    pub fn finish(self) -> Result<Pretrained, PretrainedError> {
+        Ok(Pretrained {
+            model: self.builder.finish()?,
+            config: self.config,
+            tokenizer: self.tokenizer,
+            template: self.template,
+            path: self.path,
+            format: self.format,
+        })
+    }
+
+    /// Every step, calling `progress(bytes)` with the stored bytes each one read; the model.
+    pub fn run(mut self, progress: &mut dyn FnMut(u64)) -> Result<Pretrained, PretrainedError> {
+        let mut reported = 0;
+        while !self.step()? {
+            let read = self.builder.bytes_read();
+            progress(read - reported);
+            reported = read;
+        }
+        progress(self.builder.bytes_read() - reported);
+        self.finish()
     }
 }
 
@@ -349,6 +394,31 @@ impl ModelFiles {
         }
     }
 
+    /// Starts putting the model on `device` as [`Pretrained::load`] does, a piece per
+    /// [`Loading::step`].
+    pub fn start(
+        self,
+        quant: Option<QuantConfig>,
+        device: &Device,
+    ) -> Result<Loading, PretrainedError> {
+        match self.kind {
+            FilesKind::Gguf(gguf) => Loading::gguf(gguf, quant, device),
+            FilesKind::Hf {
+                ckpt,
+                tokenizer,
+                chat_template,
+            } => Loading::hf(
+                &self.label,
+                self.config,
+                ckpt,
+                tokenizer.map(|t| *t),
+                chat_template,
+                quant,
+                device,
+            ),
+        }
+    }
+
     /// Puts the model on `device` as [`Pretrained::load`] does; `progress(bytes)` is called as
     /// tensors are read.
     pub fn load(
@@ -357,23 +427,7 @@ impl ModelFiles {
         device: &Device,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Pretrained, PretrainedError> {
-        match self.kind {
-            FilesKind::Gguf(gguf) => Pretrained::from_gguf(gguf, quant, device, progress),
-            FilesKind::Hf {
-                ckpt,
-                tokenizer,
-                chat_template,
-            } => Pretrained::from_hf_parts(
-                &self.label,
-                self.config,
-                ckpt,
-                tokenizer.map(|t| *t),
-                chat_template,
-                quant,
-                device,
-                progress,
-            ),
-        }
+        self.start(quant, device)?.run(progress)
     }
 }
 
@@ -412,20 +466,6 @@ fn chat_template_of(path: &Path, bytes: &[u8]) -> Result<Option<String>, Pretrai
         .get("chat_template")
         .and_then(|t| t.as_str())
         .map(str::to_string))
-}
-
-/// Bytes of the `.safetensors` files in `dir` (the weights a load reads).
-fn safetensors_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// A progress bar on stderr with bytes/s, or a spinner when the size is unknown (`total == 0`).

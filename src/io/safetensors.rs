@@ -145,6 +145,11 @@ impl Checkpoint {
         Ok(Checkpoint { files, names })
     }
 
+    /// Bytes of its files (headers included).
+    pub fn data_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes.len() as u64).sum()
+    }
+
     /// Tensor names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.keys().map(String::as_str)

@@ -7,7 +7,12 @@
 //! * [`load_hf_dir`] on a bitsandbytes pre-quantized checkpoint (`quantization_config` in the
 //!   config): the stored 4-bit weights are uploaded as they are, never re-quantized; with `None`
 //!   they are dequantized to f32 instead.
-//! * [`load_from_tensors`]: named f32 tensors from any decoder (the GGUF loader), HF names.
+//! * [`Builder::from_gguf`]: a GGUF file, its tensors dequantized to f32 on the host.
+//! * [`load_from_tensors`]: named f32 tensors from any decoder, HF names.
+//!
+//! All of them go through one [`Builder`], which builds the model a piece (embeddings, head, a
+//! decoder layer, final norm) per step, so a browser tab can yield to its event loop between
+//! pieces.
 //!
 //! Embeddings, norms and the LM head always stay f32. Every tensor's shape is checked against
 //! the config; a mismatch or a missing tensor is an [`IoError`] naming the file and the tensor.
@@ -24,6 +29,8 @@ use super::llama::{DecoderLayer, Llama};
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
 use super::rope::RotaryEmbedding;
+use crate::io::gguf::GgufFile;
+use crate::io::gguf::llama::hf_to_gguf_name;
 use crate::io::{Checkpoint, IoError, bnb, read_f32};
 use crate::ops::QWeight;
 use crate::quant::{QuantConfig, QuantizedTensor};
@@ -48,38 +55,12 @@ pub fn load_hf_dir_with_progress(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Llama, LoadError> {
     let config = LlamaConfig::from_file(&dir.join(CONFIG_FILE))?;
-    load_checkpoint(
-        &config,
-        Checkpoint::open(dir)?,
-        dir,
-        quant,
-        device,
-        progress,
-    )
+    Builder::from_checkpoint(&config, Checkpoint::open(dir)?, dir, quant, device)?.run(progress)
 }
 
-/// Builds the model of `config` from an opened checkpoint (files read from a directory or held
-/// in memory); `dir` names the model in errors.
-pub fn load_checkpoint(
-    config: &LlamaConfig,
-    ckpt: Checkpoint,
-    dir: &Path,
-    quant: Option<QuantConfig>,
-    device: &Device,
-    progress: &mut dyn FnMut(u64),
-) -> Result<Llama, LoadError> {
-    let mut source = CheckpointSource {
-        bnb: config.is_bnb_quantized(),
-        ckpt,
-        dir: dir.to_path_buf(),
-        progress,
-    };
-    build(config, &mut source, quant, device)
-}
-
-/// Builds the model from named f32 tensors: `get(name)` returns the row-major values and the
-/// shape of the tensor with HF name `name` (`model.layers.0.self_attn.q_proj.weight`, ...), or
-/// an error (e.g. [`IoError::MissingTensor`]). `origin` names the source in errors.
+/// Builds the model of `config` from named f32 tensors: `get(name)` returns the row-major
+/// values and the shape of the tensor with HF name `name` (`model.layers.0.self_attn.q_proj.weight`,
+/// ...), or an error (e.g. [`IoError::MissingTensor`]). `origin` names the source in errors.
 pub fn load_from_tensors(
     config: &LlamaConfig,
     origin: &Path,
@@ -87,11 +68,180 @@ pub fn load_from_tensors(
     quant: Option<QuantConfig>,
     device: &Device,
 ) -> Result<Llama, LoadError> {
-    let mut source = FnSource {
+    let source = FnSource {
         get,
         origin: origin.to_path_buf(),
     };
-    build(config, &mut source, quant, device)
+    Builder::new(config, Box::new(source), quant, device)?.run(&mut |_| {})
+}
+
+/// A model being built a piece at a time: the token embeddings, the LM head, each decoder layer,
+/// the final norm. Each [`Builder::step`] reads, quantizes and uploads one piece, so a caller
+/// that must not block for the whole load (a browser tab's event loop) can yield between
+/// pieces and show progress; [`Builder::run`] does every step in one go.
+pub struct Builder<'a> {
+    config: LlamaConfig,
+    src: Box<dyn WeightSource + 'a>,
+    quant: Option<QuantConfig>,
+    device: Device,
+    /// Pieces done so far (0 = nothing read).
+    done: usize,
+    /// `embed_tokens` values, read by the first piece and uploaded by the second (the LM head
+    /// is their transpose when the embeddings are tied).
+    embed: Option<Vec<f32>>,
+    embed_tokens: Option<Tensor<2>>,
+    lm_head_t: Option<Tensor<2>>,
+    layers: Vec<DecoderLayer>,
+    norm: Option<RmsNorm>,
+}
+
+impl<'a> Builder<'a> {
+    /// A builder over an opened safetensors checkpoint (files read from a directory or held in
+    /// memory); `dir` names the model in errors.
+    pub fn from_checkpoint(
+        config: &LlamaConfig,
+        ckpt: Checkpoint,
+        dir: &Path,
+        quant: Option<QuantConfig>,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
+        let source = CheckpointSource {
+            bnb: config.is_bnb_quantized(),
+            ckpt,
+            dir: dir.to_path_buf(),
+            read: 0,
+        };
+        Self::new(config, Box::new(source), quant, device)
+    }
+
+    /// A builder over an opened GGUF file (tensors dequantized to f32 by [`GgufFile`]).
+    pub fn from_gguf(
+        config: &LlamaConfig,
+        gguf: GgufFile,
+        quant: Option<QuantConfig>,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
+        Self::new(
+            config,
+            Box::new(GgufSource { gguf, read: 0 }),
+            quant,
+            device,
+        )
+    }
+
+    fn new(
+        config: &LlamaConfig,
+        src: Box<dyn WeightSource + 'a>,
+        quant: Option<QuantConfig>,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
+        config.validate()?;
+        Ok(Builder {
+            config: config.clone(),
+            src,
+            quant,
+            device: device.clone(),
+            done: 0,
+            embed: None,
+            embed_tokens: None,
+            lm_head_t: None,
+            layers: Vec::with_capacity(config.num_hidden_layers),
+            norm: None,
+        })
+    }
+
+    /// How many pieces the model has: embeddings, head, one per layer, final norm.
+    pub fn pieces(&self) -> usize {
+        self.config.num_hidden_layers + 3
+    }
+
+    /// How many pieces are built.
+    pub fn pieces_done(&self) -> usize {
+        self.done
+    }
+
+    /// Stored bytes read from the source so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.src.bytes_read()
+    }
+
+    /// Builds the next piece; `Ok(true)` once every piece is built.
+    pub fn step(&mut self) -> Result<bool, LoadError> {
+        let c = &self.config;
+        let (hidden, vocab, layers) = (c.hidden_size, c.vocab_size, c.num_hidden_layers);
+        let device = &self.device;
+        match self.done {
+            0 => {
+                self.embed = Some(checked(
+                    &mut *self.src,
+                    "model.embed_tokens.weight",
+                    &[vocab, hidden],
+                )?)
+            }
+            1 => {
+                let embed = self.embed.take().unwrap_or_default();
+                // The LM head is stored transposed, `[hidden, v]`, for a contiguous matmul.
+                let head = if c.tie_word_embeddings {
+                    super::linear::transpose(&embed, vocab, hidden)
+                } else {
+                    let head = checked(&mut *self.src, "lm_head.weight", &[vocab, hidden])?;
+                    super::linear::transpose(&head, vocab, hidden)
+                };
+                self.lm_head_t = Some(Tensor::from_data(
+                    TensorData::new(head, [hidden, vocab]),
+                    device,
+                ));
+                self.embed_tokens = Some(Tensor::from_data(
+                    TensorData::new(embed, [vocab, hidden]),
+                    device,
+                ));
+            }
+            i if i < layers + 2 => {
+                let layer = decoder_layer(c, &mut *self.src, i - 2, self.quant, device)?;
+                self.layers.push(layer);
+            }
+            i if i == layers + 2 => {
+                self.norm = Some(norm(c, &mut *self.src, "model.norm.weight", device)?);
+            }
+            _ => return Ok(true),
+        }
+        self.done += 1;
+        Ok(self.done == self.pieces())
+    }
+
+    /// Builds the pieces left and returns the model.
+    pub fn finish(mut self) -> Result<Llama, LoadError> {
+        while !self.step()? {}
+        let (Some(embed_tokens), Some(lm_head_t), Some(norm)) =
+            (self.embed_tokens, self.lm_head_t, self.norm)
+        else {
+            unreachable!("every piece is built once step() returns true")
+        };
+        let c = self.config;
+        Ok(Llama {
+            embed_tokens,
+            layers: self.layers,
+            norm,
+            lm_head_t,
+            rope: RotaryEmbedding::new(c.head_dim(), c.rope_theta(), c.rope_scaling()?),
+            config: c,
+            side: None,
+        })
+    }
+
+    /// Every step, calling `progress(bytes)` with the stored bytes each one read; the model.
+    pub fn run(mut self, progress: &mut dyn FnMut(u64)) -> Result<Llama, LoadError> {
+        let mut reported = 0;
+        loop {
+            let done = self.step()?;
+            let read = self.bytes_read();
+            progress(read - reported);
+            reported = read;
+            if done {
+                return self.finish();
+            }
+        }
+    }
 }
 
 /// Where the builder reads tensors from.
@@ -101,6 +251,11 @@ trait WeightSource {
 
     /// The file to name in errors about `name`.
     fn origin(&self, name: &str) -> PathBuf;
+
+    /// Stored bytes read so far (0 where the source cannot tell).
+    fn bytes_read(&self) -> u64 {
+        0
+    }
 
     /// The frozen weight of Linear `prefix`, `[out, in]` = `shape`.
     fn linear(
@@ -165,19 +320,23 @@ fn float_linear<S: WeightSource + ?Sized>(
 }
 
 /// A safetensors checkpoint, optionally holding bitsandbytes 4-bit Linears.
-struct CheckpointSource<'p> {
+struct CheckpointSource {
     ckpt: Checkpoint,
     dir: PathBuf,
     bnb: bool,
-    progress: &'p mut dyn FnMut(u64),
+    read: u64,
 }
 
-impl WeightSource for CheckpointSource<'_> {
+impl WeightSource for CheckpointSource {
     fn float(&mut self, name: &str) -> Result<(Vec<f32>, Vec<usize>), LoadError> {
         let (view, path) = self.ckpt.view(name)?;
         let values = read_f32(&view, path, name)?;
-        (self.progress)(view.data().len() as u64);
+        self.read += view.data().len() as u64;
         Ok((values, view.shape().to_vec()))
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read
     }
 
     fn origin(&self, name: &str) -> PathBuf {
@@ -204,7 +363,7 @@ impl WeightSource for CheckpointSource<'_> {
             return float_linear(self, prefix, shape, quant, device);
         }
         let q = bnb::read_quantized_from(&st, prefix, file.path())?;
-        (self.progress)(q.size_bytes() as u64);
+        self.read += q.size_bytes() as u64;
         if q.shape() != shape {
             return Err(IoError::Shape {
                 path: file.path().to_path_buf(),
@@ -240,87 +399,84 @@ where
     }
 }
 
-/// The one builder behind every loader.
-fn build<S: WeightSource>(
+/// A GGUF file, its tensors dequantized to f32 and named as in transformers.
+struct GgufSource {
+    gguf: GgufFile,
+    read: u64,
+}
+
+impl WeightSource for GgufSource {
+    fn float(&mut self, name: &str) -> Result<(Vec<f32>, Vec<usize>), LoadError> {
+        let (dims, values) = self.gguf.hf_tensor_f32(name)?;
+        if let Some(info) = hf_to_gguf_name(name).and_then(|g| self.gguf.tensor(&g)) {
+            self.read += info.n_bytes();
+        }
+        Ok((values, dims))
+    }
+
+    fn origin(&self, _name: &str) -> PathBuf {
+        self.gguf.path().to_path_buf()
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read
+    }
+}
+
+/// RMSNorm `name`, `[hidden]`.
+fn norm(
     config: &LlamaConfig,
-    src: &mut S,
+    src: &mut dyn WeightSource,
+    name: &str,
+    device: &Device,
+) -> Result<RmsNorm, LoadError> {
+    let values = checked(src, name, &[config.hidden_size])?;
+    let weight = Tensor::from_data(TensorData::new(values, [config.hidden_size]), device);
+    Ok(RmsNorm::new(weight, config.rms_norm_eps))
+}
+
+/// Decoder layer `i`: its seven projections (quantized with `quant`) and two norms.
+fn decoder_layer(
+    config: &LlamaConfig,
+    src: &mut dyn WeightSource,
+    i: usize,
     quant: Option<QuantConfig>,
     device: &Device,
-) -> Result<Llama, LoadError> {
-    config.validate()?;
-    let (hidden, inter, vocab) = (
-        config.hidden_size,
-        config.intermediate_size,
-        config.vocab_size,
-    );
+) -> Result<DecoderLayer, LoadError> {
+    let (hidden, inter) = (config.hidden_size, config.intermediate_size);
     let (h, kv, d) = (
         config.num_attention_heads,
         config.num_kv_heads(),
         config.head_dim(),
     );
-    let norm = |src: &mut S, name: &str| -> Result<RmsNorm, LoadError> {
-        let values = checked(src, name, &[hidden])?;
-        let weight = Tensor::from_data(TensorData::new(values, [hidden]), device);
-        Ok(RmsNorm::new(weight, config.rms_norm_eps))
+    let p = format!("model.layers.{i}");
+    let linear = |src: &mut dyn WeightSource, name: &str, shape: [usize; 2]| {
+        src.linear(&format!("{p}.{name}"), shape, quant, device)
+            .map(QLinear::new)
     };
-
-    let embed = checked(src, "model.embed_tokens.weight", &[vocab, hidden])?;
-    // The LM head is stored transposed, `[hidden, v]`, for a contiguous matmul.
-    let head_t = |values: &[f32]| {
-        Tensor::from_data(
-            TensorData::new(
-                super::linear::transpose(values, vocab, hidden),
-                [hidden, vocab],
-            ),
+    let self_attn = Attention {
+        q_proj: linear(src, "self_attn.q_proj", [h * d, hidden])?,
+        k_proj: linear(src, "self_attn.k_proj", [kv * d, hidden])?,
+        v_proj: linear(src, "self_attn.v_proj", [kv * d, hidden])?,
+        o_proj: linear(src, "self_attn.o_proj", [hidden, h * d])?,
+        num_heads: h,
+        num_kv_heads: kv,
+        head_dim: d,
+    };
+    let mlp = Mlp {
+        gate_proj: linear(src, "mlp.gate_proj", [inter, hidden])?,
+        up_proj: linear(src, "mlp.up_proj", [inter, hidden])?,
+        down_proj: linear(src, "mlp.down_proj", [hidden, inter])?,
+    };
+    Ok(DecoderLayer {
+        input_layernorm: norm(config, src, &format!("{p}.input_layernorm.weight"), device)?,
+        self_attn,
+        post_attention_layernorm: norm(
+            config,
+            src,
+            &format!("{p}.post_attention_layernorm.weight"),
             device,
-        )
-    };
-    let lm_head_t = if config.tie_word_embeddings {
-        head_t(&embed)
-    } else {
-        head_t(&checked(src, "lm_head.weight", &[vocab, hidden])?)
-    };
-    let embed_tokens = Tensor::from_data(TensorData::new(embed, [vocab, hidden]), device);
-    let mut layers = Vec::with_capacity(config.num_hidden_layers);
-    for i in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let mut linear = |name: &str, shape: [usize; 2]| -> Result<QLinear, LoadError> {
-            Ok(QLinear::new(src.linear(
-                &format!("{p}.{name}"),
-                shape,
-                quant,
-                device,
-            )?))
-        };
-        let self_attn = Attention {
-            q_proj: linear("self_attn.q_proj", [h * d, hidden])?,
-            k_proj: linear("self_attn.k_proj", [kv * d, hidden])?,
-            v_proj: linear("self_attn.v_proj", [kv * d, hidden])?,
-            o_proj: linear("self_attn.o_proj", [hidden, h * d])?,
-            num_heads: h,
-            num_kv_heads: kv,
-            head_dim: d,
-        };
-        let mlp = Mlp {
-            gate_proj: linear("mlp.gate_proj", [inter, hidden])?,
-            up_proj: linear("mlp.up_proj", [inter, hidden])?,
-            down_proj: linear("mlp.down_proj", [hidden, inter])?,
-        };
-        layers.push(DecoderLayer {
-            input_layernorm: norm(src, &format!("{p}.input_layernorm.weight"))?,
-            self_attn,
-            post_attention_layernorm: norm(src, &format!("{p}.post_attention_layernorm.weight"))?,
-            mlp,
-        });
-    }
-    let final_norm = norm(src, "model.norm.weight")?;
-    Ok(Llama {
-        embed_tokens,
-        layers,
-        norm: final_norm,
-        lm_head_t,
-        rope: RotaryEmbedding::new(d, config.rope_theta(), config.rope_scaling()?),
-        config: config.clone(),
-        side: None,
+        )?,
+        mlp,
     })
 }
