@@ -28,7 +28,8 @@ function fillInfo(dl, pairs) {
     return [dt, dd];
   }));
 }
-// Lets the browser paint before a long synchronous call (model load, run setup).
+// Lets the browser paint and handle input before the next synchronous call (a piece of the
+// model load, run setup).
 const nextFrame = () => new Promise((r) => setTimeout(r, 0));
 
 async function start() {
@@ -91,22 +92,42 @@ async function loadModel(name, files) {
     for (const f of files) {
       studio.add_file(f.name, new Uint8Array(await f.bytes()));
     }
-    $('train-status').textContent = `loading ${name}…`;
-    await nextFrame();
-    const info = JSON.parse(studio.load_model(name, $('quant').value));
+    // The model goes to the device a piece per call (embeddings, head, each layer, final
+    // norm), yielding between pieces so the page keeps painting and answering.
+    const t0 = performance.now();
+    const plan = JSON.parse(studio.start_load(name, $('quant').value));
+    const startMs = performance.now() - t0;
+    const bar = $('load-progress');
+    bar.max = plan.pieces; bar.value = 0; bar.hidden = false;
+    state.loading = { pieces: plan.pieces, start_ms: startMs, steps: [], read: 0, done: false };
+    let info = null;
+    while (!info) {
+      $('train-status').textContent = `loading ${name}: ${mib(state.loading.read)} of ` +
+        `${mib(plan.total_bytes)}…`;
+      await nextFrame();
+      const t = performance.now();
+      const p = JSON.parse(studio.load_step());
+      state.loading.steps.push(performance.now() - t);
+      state.loading.read = p.bytes_read;
+      bar.value = p.pieces_done;
+      info = p.model ?? null;
+    }
     state.model = info;
     fillInfo($('model-info'), [
       ['model', info.name], ['format', info.format],
       ['weights', `${(info.params / 1e6).toFixed(1)} M`], ['files', mib(info.file_bytes)],
       ['layers', info.layers], ['hidden', info.hidden], ['vocabulary', info.vocab],
       ['base weights', info.quant], ['device memory', mib(info.device_bytes)],
-      ['loaded in', `${(info.load_ms / 1000).toFixed(1)} s`],
+      ['loaded in', `${(info.load_ms / 1000).toFixed(1)} s, longest piece ` +
+        `${Math.max(...state.loading.steps).toFixed(0)} ms`],
     ]);
     $('train-status').textContent = '';
   } catch (e) {
     $('train-status').textContent = '';
     showError(String(e));
   } finally {
+    $('load-progress').hidden = true;
+    if (state.loading) state.loading.done = true;
     setBusy(false);
   }
 }

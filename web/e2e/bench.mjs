@@ -6,7 +6,7 @@
 //   CHROMIUM_ARGS="--use-angle=vulkan" MODEL=path/to/model.gguf STEPS=10 node web/e2e/bench.mjs
 //
 // Env: WGTUNE (binary), MODEL, STEPS (5), BATCH (1), MAX_LEN (128), R (16), QUANT (nf4),
-// ROWS (all 400 quickstart rows), EVAL_SHARE (0.01).
+// ROWS (all 400 quickstart rows), EVAL_SHARE (0.01), LOAD_ONLY (set: stop after the load).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,6 +36,24 @@ try {
   await page.waitForFunction(() => window.wgtune.model || window.wgtune.error, null, { timeout: 1200000 });
   const model = await page.evaluate(() => window.wgtune.model ?? window.wgtune.error);
   console.log(`model: ${JSON.stringify(model)} (${((Date.now() - t0) / 1000).toFixed(1)} s with the download)`);
+  const load = await page.evaluate(() => window.wgtune.loading);
+  if (load?.steps?.length > 0) {
+    const ms = (x) => `${x.toFixed(0)} ms`;
+    const pieces = load.steps;
+    const layers = pieces.slice(2, -1).sort((a, b) => a - b);
+    console.log(`load: start (headers, tokenizer) ${ms(load.start_ms)}, then ${pieces.length} pieces, ` +
+      `${ms(pieces.reduce((a, b) => a + b, 0))} in all: embeddings ${ms(pieces[0])}, head ` +
+      `${ms(pieces[1])}, layers ${ms(layers[0])}-${ms(layers[layers.length - 1])} ` +
+      `(median ${ms(layers[layers.length >> 1])}), norm ${ms(pieces[pieces.length - 1])}`);
+  }
+  if (!env.LOAD_ONLY) await train(page);
+  if (problems.length > 0) console.log(`${problems.length} console errors`);
+  await browser.close();
+} finally {
+  server.kill();
+}
+
+async function train(page) {
   const rows = fs.readFileSync(path.join(root, 'data/quickstart/train.jsonl'), 'utf8').trim().split('\n');
   await page.fill('#dataset', rows.slice(0, Number(env.ROWS ?? rows.length)).join('\n'));
   await page.fill('#steps', String(STEPS));
@@ -71,8 +89,4 @@ try {
       `${(steady.reduce((a, s) => a + s.tokens, 0) / secs).toFixed(1)} tokens/s; ` +
       `eval ${st.before.loss.toFixed(4)} -> ${st.after.loss.toFixed(4)} (${st.before.tokens} tokens)`);
   }
-  if (problems.length > 0) console.log(`${problems.length} console errors`);
-  await browser.close();
-} finally {
-  server.kill();
 }

@@ -102,11 +102,26 @@ async function main() {
     check(device !== null, `WebGPU started: ${JSON.stringify(device)}`);
     results.device = device;
 
+    // A timer chain stands for the user: it counts the turns the event loop gave to other work
+    // while a model load was under way. A load in one call would leave it at 0 (how many turns
+    // it gets is the browser's call: its timers are clamped to 4 ms, the load's yields are not).
+    await page.evaluate(() => {
+      window.loadTicks = 0;
+      const tick = () => {
+        if (window.wgtune.loading && !window.wgtune.loading.done) window.loadTicks += 1;
+        setTimeout(tick, 0);
+      };
+      tick();
+    });
     await page.click('#load-default');
     await page.waitForFunction(() => window.wgtune.model || window.wgtune.error, null, { timeout: 120000 });
     const viaDefault = await page.evaluate(() => window.wgtune.model);
     check(viaDefault && viaDefault.vocab === 256 && viaDefault.layers === 2,
       `default model loaded: ${viaDefault?.name}, ${viaDefault?.format}, ${viaDefault?.params} weights`);
+    const loading = await page.evaluate(() => ({ ...window.wgtune.loading, ticks: window.loadTicks }));
+    check(loading.steps.length === 5 && loading.ticks >= 1,
+      `the load went a piece at a time (${loading.steps.length} pieces, longest ` +
+      `${Math.max(...loading.steps).toFixed(0)} ms) and the page ran ${loading.ticks} other tasks meanwhile`);
 
     await page.setInputFiles('#model-files', ['config.json', 'model.safetensors', 'tokenizer.json']
       .map((f) => path.join(modelDir, f)));

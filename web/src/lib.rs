@@ -119,9 +119,20 @@ struct Run {
     lora: LoraConfig,
 }
 
+/// A model on its way to the device.
+struct Loading {
+    loading: wgtune::pretrained::Loading,
+    label: String,
+    format: String,
+    file_bytes: u64,
+    quant: String,
+    started: f64,
+}
+
 #[derive(Default)]
 struct Inner {
     files: BTreeMap<String, Vec<u8>>,
+    loading: Option<Loading>,
     model: Option<Loaded>,
     run: Option<Run>,
 }
@@ -194,11 +205,12 @@ impl Studio {
         Ok(())
     }
 
-    /// Loads the added files onto the device, quantizing the projections with `quant`
-    /// (`nf4`, `fp4` or `none`), after checking the model against the device's limits.
+    /// Starts loading the added files onto the device, quantizing the projections with
+    /// `quant` (`nf4`, `fp4` or `none`), after checking the model against the device's limits.
     /// `label` names the model on the page and in the adapter's `base_model_name_or_path`.
-    /// Returns the model's description as JSON.
-    pub fn load_model(&self, label: &str, quant: &str) -> Result<String, JsValue> {
+    /// Nothing is on the device yet: [`Studio::load_step`] puts it there a piece at a time.
+    /// Returns `{"pieces", "total_bytes"}`.
+    pub fn start_load(&self, label: &str, quant: &str) -> Result<String, JsValue> {
         let mut inner = self.inner.try_borrow_mut().map_err(|_| js_err(BUSY))?;
         let files = std::mem::take(&mut inner.files);
         if files.is_empty() {
@@ -214,38 +226,71 @@ impl Studio {
         };
         inner.model = None;
         inner.run = None;
+        inner.loading = None;
         // Errors name each file as the user picked it.
         let opened = ModelFiles::open(Path::new(""), files).map_err(js_err)?;
         limits::check_model(opened.config(), quant.is_some(), &self.limits).map_err(js_err)?;
         let format = format!("{:?}", opened.format());
-        let started = now_ms();
-        let pre = opened
-            .load(quant, &self.device, &mut |_| {})
-            .map_err(js_err)?;
+        let loading = opened.start(quant, &self.device).map_err(js_err)?;
+        let out = json!({"pieces": loading.pieces().1, "total_bytes": loading.bytes().1});
+        inner.loading = Some(Loading {
+            loading,
+            label: label.to_string(),
+            format,
+            file_bytes,
+            quant: quant.map_or("none".to_string(), |q| q.format.to_string()),
+            started: now_ms(),
+        });
+        Ok(out.to_string())
+    }
+
+    /// Reads, quantizes and uploads the next piece of the model being loaded (embeddings, head,
+    /// one decoder layer, final norm): each call is short, and the page yields between calls.
+    /// Returns `{"pieces_done", "pieces", "bytes_read", "total_bytes"}`, plus `"model"` (the
+    /// model's description) once the last piece is on the device. A failed piece ends the load.
+    pub fn load_step(&self) -> Result<String, JsValue> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js_err(BUSY))?;
+        let Some(mut current) = inner.loading.take() else {
+            return Err(js_err("no model is being loaded"));
+        };
+        let done = current.loading.step().map_err(js_err)?;
+        let (pieces_done, pieces) = current.loading.pieces();
+        let (bytes_read, total_bytes) = current.loading.bytes();
+        let mut out = json!({
+            "pieces_done": pieces_done,
+            "pieces": pieces,
+            "bytes_read": bytes_read,
+            "total_bytes": total_bytes,
+        });
+        if !done {
+            inner.loading = Some(current);
+            return Ok(out.to_string());
+        }
+        let pre = current.loading.finish().map_err(js_err)?;
         let c = &pre.config;
-        let info = json!({
-            "name": label,
-            "format": format,
+        out["model"] = json!({
+            "name": current.label,
+            "format": current.format,
             "layers": c.num_hidden_layers,
             "hidden": c.hidden_size,
             "vocab": c.vocab_size,
             "heads": c.num_attention_heads,
             "context": c.max_position_embeddings,
             "params": param_count(c),
-            "file_bytes": file_bytes,
-            "quant": quant.map_or("none".to_string(), |q| q.format.to_string()),
+            "file_bytes": current.file_bytes,
+            "quant": current.quant,
             "has_tokenizer": pre.tokenizer.is_some(),
             "device_bytes": mem_bytes(&self.device),
-            "load_ms": now_ms() - started,
+            "load_ms": now_ms() - current.started,
         });
         inner.model = Some(Loaded {
             base: pre.model,
             config: pre.config,
             tokenizer: pre.tokenizer,
             template: pre.template,
-            name: label.to_string(),
+            name: current.label,
         });
-        Ok(info.to_string())
+        Ok(out.to_string())
     }
 
     /// Reads a dataset (JSONL or a JSON array, in any of the native `wgtune train` formats),
