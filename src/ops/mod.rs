@@ -2,7 +2,7 @@
 //!
 //! One extension trait ([`QuantBackend`]) with a WGSL implementation for wgpu (`cube.rs`), the
 //! fusion backend's deferral (generated), and a hand-written autodiff backward (`autodiff.rs`);
-//! plus a reference implementation in plain burn ops ([`reference`]) for every other backend.
+//! plus a reference implementation in plain burn ops ([`mod@reference`]) for every other backend.
 //! The functions here pick the path from the weight's device.
 
 mod autodiff;

@@ -241,7 +241,7 @@ fn cpu_lut_index(x: f32) -> usize {
 /// ([`dynamic_map_signed`]), exactly as bitsandbytes' CPU `quantize_blockwise` for float32
 /// (`quantize_cpu_impl` in `csrc/cpu_ops.cpp`, bitsandbytes 0.50, commit f82277b8 "Improve CPU
 /// performance on x64 and arm64", unchanged through 0.50.2.dev0): not the nearest entry, but a
-/// 65536-bin lookup table over [-1, 1] ([`build_cpu_lut`] / [`cpu_lut_index`]), so values within
+/// 65536-bin lookup table over [-1, 1] (`build_cpu_lut` / `cpu_lut_index` below), so values within
 /// about 1.5e-5 of a midpoint can land on the neighbouring code.
 pub fn quantize_dynamic_cpu(x: f32) -> u8 {
     static LUT: OnceLock<Vec<u8>> = OnceLock::new();
