@@ -12,6 +12,7 @@ const state = {
 window.wgtune = state;
 let studio = null;
 let stopRequested = false;
+let cancelLoad = false;
 
 function showError(message) {
   state.error = message;
@@ -84,13 +85,25 @@ async function start() {
 
 async function loadModel(name, files) {
   clearError();
+  cancelLoad = false;
   setBusy(true);
+  $('cancel-load').hidden = false;
   $('model-info').replaceChildren();
   state.model = null; state.run = null; state.trained = false;
+  state.loading = { pieces: 0, start_ms: 0, steps: [], read: 0, done: false, cancelled: false };
+  // Cancel takes effect between pieces: the model so far is dropped, nothing is kept.
+  const cancelled = () => {
+    if (!cancelLoad) return false;
+    studio.reset();
+    state.loading.cancelled = true;
+    $('train-status').textContent = `loading ${name} cancelled`;
+    return true;
+  };
   try {
     studio.reset();
     for (const f of files) {
       studio.add_file(f.name, new Uint8Array(await f.bytes()));
+      if (cancelled()) return;
     }
     // The model goes to the device a piece per call (embeddings, head, each layer, final
     // norm), yielding between pieces so the page keeps painting and answering.
@@ -99,12 +112,14 @@ async function loadModel(name, files) {
     const startMs = performance.now() - t0;
     const bar = $('load-progress');
     bar.max = plan.pieces; bar.value = 0; bar.hidden = false;
-    state.loading = { pieces: plan.pieces, start_ms: startMs, steps: [], read: 0, done: false };
+    state.loading.pieces = plan.pieces;
+    state.loading.start_ms = startMs;
     let info = null;
     while (!info) {
       $('train-status').textContent = `loading ${name}: ${mib(state.loading.read)} of ` +
         `${mib(plan.total_bytes)}…`;
       await nextFrame();
+      if (cancelled()) return;
       const t = performance.now();
       const p = JSON.parse(studio.load_step());
       state.loading.steps.push(performance.now() - t);
@@ -127,6 +142,7 @@ async function loadModel(name, files) {
     showError(String(e));
   } finally {
     $('load-progress').hidden = true;
+    $('cancel-load').hidden = true;
     if (state.loading) state.loading.done = true;
     setBusy(false);
   }
@@ -302,6 +318,7 @@ $('dataset-file').addEventListener('change', async (ev) => {
   if (f) $('dataset').value = await f.text();
 });
 $('train').addEventListener('click', train);
+$('cancel-load').addEventListener('click', () => { cancelLoad = true; });
 $('stop').addEventListener('click', () => { stopRequested = true; $('train-status').textContent = 'stopping after this step…'; });
 $('send').addEventListener('click', send);
 $('prompt').addEventListener('keydown', (e) => { if (e.key === 'Enter' && !$('send').disabled) send(); });

@@ -123,6 +123,25 @@ async function main() {
       `the load went a piece at a time (${loading.steps.length} pieces, longest ` +
       `${Math.max(...loading.steps).toFixed(0)} ms) and the page ran ${loading.ticks} other tasks meanwhile`);
 
+    // Cancel mid-load: an observer clicks Cancel as soon as the bar shows two pieces done (it
+    // runs before the page's next yield ends, so the load stops at exactly two pieces).
+    await page.evaluate(() => {
+      const bar = document.getElementById('load-progress');
+      const watch = new MutationObserver(() => {
+        if (bar.value >= 2) { watch.disconnect(); document.getElementById('cancel-load').click(); }
+      });
+      watch.observe(bar, { attributes: true, attributeFilter: ['value'] });
+    });
+    await page.click('#load-default');
+    await page.waitForFunction(() => window.wgtune.loading.done, null, { timeout: 120000 });
+    const cancel = await page.evaluate(() => ({ loading: window.wgtune.loading, model: window.wgtune.model,
+      error: window.wgtune.error, status: document.getElementById('train-status').textContent,
+      trainOff: document.getElementById('train').disabled }));
+    check(cancel.loading.cancelled && cancel.loading.steps.length === 2 && cancel.model === null &&
+      cancel.error === null && cancel.trainOff && /cancelled/.test(cancel.status),
+      `Cancel stops a load between pieces (after ${cancel.loading.steps.length} of ` +
+      `${cancel.loading.pieces}): "${cancel.status}", no model, Train disabled`);
+
     await page.setInputFiles('#model-files', ['config.json', 'model.safetensors', 'tokenizer.json']
       .map((f) => path.join(modelDir, f)));
     await page.waitForFunction(() => window.wgtune.model?.name?.includes('+') || window.wgtune.error,
