@@ -280,6 +280,16 @@ pub fn parse_dataset(
         format,
         ..
     } = loader;
+    into_dataset(path, format, examples, bad_rows)
+}
+
+/// The dataset of the rows read, or [`DataError::Empty`] when none made an example.
+fn into_dataset(
+    path: &Path,
+    format: Option<(DataFormat, Option<usize>)>,
+    examples: Vec<Example>,
+    bad_rows: Vec<BadRow>,
+) -> Result<Dataset, DataError> {
     match format {
         Some((format, _)) if !examples.is_empty() => Ok(Dataset {
             examples,
@@ -290,6 +300,122 @@ pub fn parse_dataset(
             path: path.to_path_buf(),
             bad_rows,
         }),
+    }
+}
+
+/// [`parse_dataset`] a slice of rows at a time, for a caller that must not block for the whole
+/// file (a browser tab): [`DatasetReader::new`] reads the rows' JSON (the quick part) and each
+/// [`DatasetReader::step`] renders and tokenizes the next rows (the slow part: about 100 µs a
+/// chat row natively). The dataset, and every error, is what [`parse_dataset`] gives. The rows
+/// are held parsed in memory meanwhile, so the native loader keeps streaming through
+/// [`parse_dataset`].
+pub struct DatasetReader {
+    path: PathBuf,
+    opts: DatasetOptions,
+    rows: std::vec::IntoIter<(usize, Result<Value, String>)>,
+    total: usize,
+    /// Where the JSON stops being readable, reported once the rows before it are read.
+    broken: Option<DataError>,
+    format: Option<(DataFormat, Option<usize>)>,
+    examples: Vec<Example>,
+    bad_rows: Vec<BadRow>,
+}
+
+impl DatasetReader {
+    /// Reads the JSON rows of `text` (`path` names it in errors). Errors come from the steps,
+    /// in file order: a bad row from the step that reaches it, a broken array from the step
+    /// after the last row before the break. Only a format given in `opts` that needs a
+    /// tokenizer, without one, fails here.
+    pub fn new(
+        path: &Path,
+        text: &str,
+        tokenizer: Option<&Tokenizer>,
+        template: &ChatTemplate,
+        opts: &DatasetOptions,
+    ) -> Result<Self, DataError> {
+        let mut format = None;
+        if let Some(given) = opts.format {
+            let mut loader = Loader {
+                path,
+                tokenizer,
+                template,
+                opts,
+                format: None,
+                examples: Vec::new(),
+                bad_rows: Vec::new(),
+            };
+            loader.set_format(given, None)?;
+            format = loader.format;
+        }
+        let mut rows = Vec::new();
+        // A broken array fails after the rows before the break, as in `parse_dataset`.
+        let broken = for_each_row(path, text, |line, row| {
+            rows.push((line, row));
+            Ok(())
+        })
+        .err();
+        Ok(Self {
+            path: path.to_path_buf(),
+            opts: opts.clone(),
+            total: rows.len(),
+            rows: rows.into_iter(),
+            broken,
+            format,
+            examples: Vec::new(),
+            bad_rows: Vec::new(),
+        })
+    }
+
+    /// `(read, total)` rows.
+    pub fn progress(&self) -> (usize, usize) {
+        (self.total - self.rows.len(), self.total)
+    }
+
+    /// Tokenizes up to `max_rows` more rows with `tokenizer` and `template` (the ones given to
+    /// [`DatasetReader::new`]); `Ok(true)` once every row is read.
+    pub fn step(
+        &mut self,
+        tokenizer: Option<&Tokenizer>,
+        template: &ChatTemplate,
+        max_rows: usize,
+    ) -> Result<bool, DataError> {
+        let mut loader = Loader {
+            path: &self.path,
+            tokenizer,
+            template,
+            opts: &self.opts,
+            format: self.format,
+            examples: std::mem::take(&mut self.examples),
+            bad_rows: std::mem::take(&mut self.bad_rows),
+        };
+        let mut result = Ok(());
+        for (line, row) in self.rows.by_ref().take(max_rows) {
+            result = loader.row(line, row);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.format = loader.format;
+        self.examples = loader.examples;
+        self.bad_rows = loader.bad_rows;
+        result?;
+        if self.rows.len() > 0 {
+            return Ok(false);
+        }
+        match self.broken.take() {
+            Some(e) => Err(e),
+            None => Ok(true),
+        }
+    }
+
+    /// Reads the rows left; the dataset ([`DataError::Empty`] when no row made an example).
+    pub fn finish(
+        mut self,
+        tokenizer: Option<&Tokenizer>,
+        template: &ChatTemplate,
+    ) -> Result<Dataset, DataError> {
+        self.step(tokenizer, template, usize::MAX)?;
+        into_dataset(&self.path, self.format, self.examples, self.bad_rows)
     }
 }
 
@@ -1063,6 +1189,89 @@ mod tests {
                 labels: vec![i],
             })
             .collect()
+    }
+
+    /// Read a slice of rows at a time, a dataset is exactly what [`parse_dataset`] reads in one
+    /// go: the same examples, format and skipped rows, or the same error, whatever the slice.
+    #[test]
+    fn reader_in_slices_equals_parse_dataset() {
+        let f = Fixture::new();
+        let alpaca = |i: usize| format!(r#"{{"instruction": "q{i}", "output": "a{i}"}}"#);
+        let good: Vec<String> = (0..7).map(alpaca).collect();
+        let with_bad = {
+            let mut rows = good.clone();
+            rows.insert(3, r#"{"text": 5}"#.to_string());
+            rows.insert(5, "not json".to_string());
+            rows
+        };
+        let mixed = {
+            let mut rows = good.clone();
+            rows.push(r#"{"text": "a text row"}"#.to_string());
+            rows
+        };
+        let bodies = [
+            good.join("\n"),
+            format!("[\n{}\n]", good.join(",\n")),
+            with_bad.join("\n"),
+            mixed.join("\n"),
+            "\n\n".to_string(),
+            "[1, 2".to_string(),
+        ];
+        let skip = DatasetOptions {
+            skip_bad_rows: true,
+            ..DatasetOptions::default()
+        };
+        let given = DatasetOptions {
+            format: Some(DataFormat::Alpaca),
+            ..DatasetOptions::default()
+        };
+        let path = Path::new("pasted");
+        let show = |r: Result<Dataset, DataError>| format!("{r:?}");
+        for body in &bodies {
+            for opts in [&DatasetOptions::default(), &skip, &given] {
+                let whole = show(parse_dataset(path, body, Some(&f.tok), &f.template, opts));
+                for slice in [1, 2, 3, 100] {
+                    let sliced = DatasetReader::new(path, body, Some(&f.tok), &f.template, opts)
+                        .and_then(|mut r| {
+                            let mut steps = 0;
+                            while !r.step(Some(&f.tok), &f.template, slice)? {
+                                steps += 1;
+                                let (read, total) = r.progress();
+                                assert_eq!(read, (steps * slice).min(total), "{body:?}");
+                            }
+                            r.finish(Some(&f.tok), &f.template)
+                        });
+                    assert_eq!(show(sliced), whole, "{body:?}, {opts:?}, slice {slice}");
+                }
+            }
+        }
+        // The cases above cover success, skipped rows and each kind of failure.
+        let kinds = |opts: &DatasetOptions| -> Vec<String> {
+            bodies
+                .iter()
+                .map(|b| show(parse_dataset(path, b, Some(&f.tok), &f.template, opts)))
+                .map(|r| r.split([' ', '(']).take(2).collect::<Vec<_>>().join(" "))
+                .collect()
+        };
+        assert_eq!(
+            kinds(&DatasetOptions::default()),
+            [
+                "Ok Dataset",
+                "Ok Dataset",
+                "Err Row",
+                "Err Row",
+                "Err Empty",
+                "Err Row"
+            ]
+        );
+        let skipped = show(parse_dataset(
+            path,
+            &bodies[2],
+            Some(&f.tok),
+            &f.template,
+            &skip,
+        ));
+        assert!(skipped.contains("bad_rows: [BadRow { line: 4"), "{skipped}");
     }
 
     #[test]
