@@ -175,10 +175,21 @@ async function train() {
   drawChart();
   setBusy(true);
   try {
-    $('train-status').textContent = 'reading the data…';
-    await nextFrame();
     state.run = null;
-    state.run = JSON.parse(studio.prepare($('dataset').value, JSON.stringify(settings())));
+    // The rows are tokenized a slice (about 50 ms) per call, yielding between slices.
+    const t0 = performance.now();
+    const plan = JSON.parse(studio.start_prepare($('dataset').value, JSON.stringify(settings())));
+    state.preparing = { rows: plan.rows, start_ms: performance.now() - t0, slices: 0, read: 0, slice_ms: [] };
+    for (;;) {
+      $('train-status').textContent = `reading the data: ${state.preparing.read} of ${plan.rows} rows…`;
+      await nextFrame();
+      const t = performance.now();
+      const p = JSON.parse(studio.prepare_step());
+      state.preparing.slice_ms.push(performance.now() - t);
+      state.preparing.slices += 1;
+      state.preparing.read = p.rows_read;
+      if (p.run) { state.run = p.run; break; }
+    }
     state.training = true;
     setBusy(true);
     $('train-status').textContent = 'eval before training…';

@@ -6,7 +6,8 @@
 //   CHROMIUM_ARGS="--use-angle=vulkan" MODEL=path/to/model.gguf STEPS=10 node web/e2e/bench.mjs
 //
 // Env: WGTUNE (binary), MODEL, STEPS (5), BATCH (1), MAX_LEN (128), R (16), QUANT (nf4),
-// ROWS (all 400 quickstart rows), EVAL_SHARE (0.01), LOAD_ONLY (set: stop after the load).
+// ROWS (all 400 quickstart rows), REPEAT (1: the rows that many times over), EVAL_SHARE (0.01),
+// LOAD_ONLY (set: stop after the load), PREPARE_ONLY (set: stop once the run is ready).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -55,7 +56,10 @@ try {
 
 async function train(page) {
   const rows = fs.readFileSync(path.join(root, 'data/quickstart/train.jsonl'), 'utf8').trim().split('\n');
-  await page.fill('#dataset', rows.slice(0, Number(env.ROWS ?? rows.length)).join('\n'));
+  const picked = rows.slice(0, Number(env.ROWS ?? rows.length));
+  const text = Array(Number(env.REPEAT ?? 1)).fill(picked.join('\n')).join('\n');
+  // Set directly: typing megabytes through fill() takes Playwright minutes.
+  await page.$eval('#dataset', (el, v) => { el.value = v; }, text);
   await page.fill('#steps', String(STEPS));
   await page.fill('#batch', env.BATCH ?? '1');
   await page.fill('#max-len', env.MAX_LEN ?? '128');
@@ -65,6 +69,16 @@ async function train(page) {
   // A few rows for the eval: a forward over all 400 takes long on a software adapter.
   await page.fill('#eval-fraction', env.EVAL_SHARE ?? '0.01');
   await page.click('#train');
+  await page.waitForFunction(() => window.wgtune.run || window.wgtune.error, null, { timeout: 1200000 });
+  const prep = await page.evaluate(() => ({ p: window.wgtune.preparing, run: window.wgtune.run }));
+  if (prep.run) {
+    const ms = prep.p.slice_ms;
+    console.log(`data: ${prep.p.rows} rows, ${prep.run.tokens} tokens, read in ${ms.length} slices, ` +
+      `${ms.reduce((a, b) => a + b, 0).toFixed(0)} ms in all; slices: median ` +
+      `${[...ms].sort((a, b) => a - b)[ms.length >> 1].toFixed(0)} ms, longest ${Math.max(...ms).toFixed(0)} ms, ` +
+      `last (with the run's setup) ${ms[ms.length - 1].toFixed(0)} ms; start (the JSON) ${prep.p.start_ms.toFixed(0)} ms`);
+  }
+  if (env.PREPARE_ONLY) return;
   // Print each step as it lands (a software adapter takes minutes per step on this model).
   let shown = 0;
   const t1 = Date.now();

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 
-use wgtune::data::dataset::{DatasetOptions, parse_dataset, split_eval};
+use wgtune::data::dataset::{DatasetOptions, DatasetReader, split_eval};
 use wgtune::data::template::{ChatTemplate, Message};
 use wgtune::data::tokenizer::Tokenizer;
 use wgtune::generate::sampling::{Sampler, SamplingOptions};
@@ -129,10 +129,24 @@ struct Loading {
     started: f64,
 }
 
+/// A dataset being read for a run.
+struct Preparing {
+    reader: DatasetReader,
+    settings: Settings,
+    lora: LoraConfig,
+}
+
+/// Rows [`Studio::prepare_step`] reads between looks at the clock.
+const PREPARE_SLICE_ROWS: usize = 16;
+
+/// About how long one [`Studio::prepare_step`] works before it returns, in milliseconds.
+const PREPARE_SLICE_MS: f64 = 50.0;
+
 #[derive(Default)]
 struct Inner {
     files: BTreeMap<String, Vec<u8>>,
     loading: Option<Loading>,
+    preparing: Option<Preparing>,
     model: Option<Loaded>,
     run: Option<Run>,
 }
@@ -293,10 +307,10 @@ impl Studio {
         Ok(out.to_string())
     }
 
-    /// Reads a dataset (JSONL or a JSON array, in any of the native `wgtune train` formats),
-    /// attaches a fresh LoRA adapter and readies a run with `settings` (JSON of [`Settings`]).
-    /// Returns `{"rows", "eval_rows", "format", "tokens", "total_steps", "trainable"}`.
-    pub fn prepare(&self, dataset: &str, settings: &str) -> Result<String, JsValue> {
+    /// Starts reading a dataset (JSONL or a JSON array, in any of the native `wgtune train`
+    /// formats) for a run with `settings` (JSON of [`Settings`]); [`Studio::prepare_step`]
+    /// tokenizes it a slice of rows at a time. Returns `{"rows"}` (rows of JSON read).
+    pub fn start_prepare(&self, dataset: &str, settings: &str) -> Result<String, JsValue> {
         let s: Settings =
             serde_json::from_str(settings).map_err(|e| js_err(format!("settings: {e}")))?;
         if s.r == 0 || s.steps == 0 || s.batch_size == 0 || s.max_len < 2 {
@@ -306,6 +320,7 @@ impl Studio {
         }
         let mut inner = self.inner.try_borrow_mut().map_err(|_| js_err(BUSY))?;
         inner.run = None;
+        inner.preparing = None;
         let model = inner
             .model
             .as_ref()
@@ -323,7 +338,7 @@ impl Studio {
             max_len: s.max_len,
             ..DatasetOptions::default()
         };
-        let data = parse_dataset(
+        let reader = DatasetReader::new(
             Path::new("dataset"),
             dataset,
             model.tokenizer.as_ref(),
@@ -331,6 +346,59 @@ impl Studio {
             &opts,
         )
         .map_err(js_err)?;
+        let out = json!({"rows": reader.progress().1});
+        inner.preparing = Some(Preparing {
+            reader,
+            settings: s,
+            lora,
+        });
+        Ok(out.to_string())
+    }
+
+    /// Renders and tokenizes the dataset's next rows (about 50 ms of work); the call after the
+    /// last rows attaches a fresh LoRA adapter and readies the run. Returns
+    /// `{"rows_read", "rows"}`, plus `"run"` once ready: `{"rows", "train_rows", "eval_rows",
+    /// "format", "tokens", "longest", "total_steps", "trainable"}`. An error ends the reading.
+    pub fn prepare_step(&self) -> Result<String, JsValue> {
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js_err(BUSY))?;
+        let inner = &mut *guard;
+        let model = inner
+            .model
+            .as_ref()
+            .ok_or_else(|| js_err("load a model first"))?;
+        let Some(mut p) = inner.preparing.take() else {
+            return Err(js_err("no dataset is being read"));
+        };
+        let started = now_ms();
+        let before = p.reader.progress().0;
+        let done = loop {
+            let done = p
+                .reader
+                .step(
+                    model.tokenizer.as_ref(),
+                    &model.template,
+                    PREPARE_SLICE_ROWS,
+                )
+                .map_err(js_err)?;
+            if done || now_ms() - started >= PREPARE_SLICE_MS {
+                break done;
+            }
+        };
+        let (rows_read, rows) = p.reader.progress();
+        let mut out = json!({"rows_read": rows_read, "rows": rows});
+        // The run's setup gets a call of its own unless this one read nothing.
+        if !done || rows_read > before {
+            inner.preparing = Some(p);
+            return Ok(out.to_string());
+        }
+        let Preparing {
+            reader,
+            settings: s,
+            lora,
+        } = p;
+        let data = reader
+            .finish(model.tokenizer.as_ref(), &model.template)
+            .map_err(js_err)?;
         let longest = data
             .examples
             .iter()
@@ -373,7 +441,7 @@ impl Studio {
             .iter()
             .map(|(_, t)| t.dims().iter().product::<usize>())
             .sum();
-        let out = json!({
+        out["run"] = json!({
             "rows": rows,
             "train_rows": train_rows,
             "eval_rows": eval_rows,
