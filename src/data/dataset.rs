@@ -261,18 +261,7 @@ pub fn parse_dataset(
     template: &ChatTemplate,
     opts: &DatasetOptions,
 ) -> Result<Dataset, DataError> {
-    let mut loader = Loader {
-        path,
-        tokenizer,
-        template,
-        opts,
-        format: None,
-        examples: Vec::new(),
-        bad_rows: Vec::new(),
-    };
-    if let Some(format) = opts.format {
-        loader.set_format(format, None)?;
-    }
+    let mut loader = Loader::new(path, tokenizer, template, opts)?;
     for_each_row(path, text, |line, row| loader.row(line, row))?;
     let Loader {
         examples,
@@ -333,20 +322,7 @@ impl DatasetReader {
         template: &ChatTemplate,
         opts: &DatasetOptions,
     ) -> Result<Self, DataError> {
-        let mut format = None;
-        if let Some(given) = opts.format {
-            let mut loader = Loader {
-                path,
-                tokenizer,
-                template,
-                opts,
-                format: None,
-                examples: Vec::new(),
-                bad_rows: Vec::new(),
-            };
-            loader.set_format(given, None)?;
-            format = loader.format;
-        }
+        let format = Loader::new(path, tokenizer, template, opts)?.format;
         let mut rows = Vec::new();
         // A broken array fails after the rows before the break, as in `parse_dataset`.
         let broken = for_each_row(path, text, |line, row| {
@@ -472,7 +448,29 @@ struct Loader<'a> {
     bad_rows: Vec<BadRow>,
 }
 
-impl Loader<'_> {
+impl<'a> Loader<'a> {
+    /// A loader with no rows read yet; a format given in `opts` is fixed (and checked) now.
+    fn new(
+        path: &'a Path,
+        tokenizer: Option<&'a Tokenizer>,
+        template: &'a ChatTemplate,
+        opts: &'a DatasetOptions,
+    ) -> Result<Self, DataError> {
+        let mut loader = Loader {
+            path,
+            tokenizer,
+            template,
+            opts,
+            format: None,
+            examples: Vec::new(),
+            bad_rows: Vec::new(),
+        };
+        if let Some(format) = opts.format {
+            loader.set_format(format, None)?;
+        }
+        Ok(loader)
+    }
+
     /// Handles one row: an example, a bad row (skipped or an error), or a fatal error.
     fn row(&mut self, line: usize, json: Result<Value, String>) -> Result<(), DataError> {
         let example = match json.and_then(|value| self.parse(value)) {
