@@ -125,11 +125,8 @@ impl Pretrained {
         quant: Option<QuantConfig>,
         device: &Device,
     ) -> Result<Self, PretrainedError> {
-        let loading = Loading::gguf(GgufFile::open(path).map_err(LoadError::Io)?, quant, device)?;
-        let bar = load_bar(path, loading.bytes().1);
-        let out = loading.run(&mut |n| bar.inc(n));
-        bar.finish_and_clear();
-        out
+        Loading::gguf(GgufFile::open(path).map_err(LoadError::Io)?, quant, device)?
+            .run_with_bar(path)
     }
 
     /// The model of an opened GGUF file (read from disk or held in memory); `progress(bytes)`
@@ -160,11 +157,7 @@ impl Pretrained {
             Ok(bytes) => chat_template_of(&dir.join(TOKENIZER_CONFIG), &bytes)?,
             Err(_) => None,
         };
-        let loading = Loading::hf(dir, config, ckpt, tokenizer, chat_template, quant, device)?;
-        let bar = load_bar(dir, loading.bytes().1);
-        let out = loading.run(&mut |n| bar.inc(n));
-        bar.finish_and_clear();
-        out
+        Loading::hf(dir, config, ckpt, tokenizer, chat_template, quant, device)?.run_with_bar(dir)
     }
 
     /// The tokenizer, or an error naming the model when it has none.
@@ -266,26 +259,35 @@ impl Loading {
 
     /// Builds what is left; the model.
     pub fn finish(self) -> Result<Pretrained, PretrainedError> {
+        self.complete(Builder::finish)
+    }
+
+    /// Every step, calling `progress(bytes)` with the stored bytes each one read; the model.
+    pub fn run(self, progress: &mut dyn FnMut(u64)) -> Result<Pretrained, PretrainedError> {
+        self.complete(|builder| builder.run(progress))
+    }
+
+    /// [`Loading::run`] with a progress bar on stderr naming `path` (none without `native`).
+    fn run_with_bar(self, path: &Path) -> Result<Pretrained, PretrainedError> {
+        let bar = load_bar(path, self.total_bytes);
+        let out = self.run(&mut |n| bar.inc(n));
+        bar.finish_and_clear();
+        out
+    }
+
+    /// The model `build` makes of the builder, with what was read before the weights.
+    fn complete(
+        self,
+        build: impl FnOnce(Builder<'static>) -> Result<Llama, LoadError>,
+    ) -> Result<Pretrained, PretrainedError> {
         Ok(Pretrained {
-            model: self.builder.finish()?,
+            model: build(self.builder)?,
             config: self.config,
             tokenizer: self.tokenizer,
             template: self.template,
             path: self.path,
             format: self.format,
         })
-    }
-
-    /// Every step, calling `progress(bytes)` with the stored bytes each one read; the model.
-    pub fn run(mut self, progress: &mut dyn FnMut(u64)) -> Result<Pretrained, PretrainedError> {
-        let mut reported = 0;
-        while !self.step()? {
-            let read = self.builder.bytes_read();
-            progress(read - reported);
-            reported = read;
-        }
-        progress(self.builder.bytes_read() - reported);
-        self.finish()
     }
 }
 
