@@ -15,7 +15,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use burn::module::{Module, Param};
@@ -36,14 +36,8 @@ static WGPU: Mutex<()> = Mutex::new(());
 
 const CFG: QstConfig = QstConfig { r: 8, reduction: 4 };
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny-llama")
-        .join(rel)
-}
-
 fn model_dir() -> PathBuf {
-    fixture("model-f32")
+    common::tiny_llama("model-f32")
 }
 
 fn load(device: &Device) -> Llama {
@@ -87,7 +81,7 @@ struct Batch {
 
 /// The fixture's batch (`reference.safetensors`: input_ids, labels with -100).
 fn batch() -> Batch {
-    let bytes = std::fs::read(fixture("reference.safetensors")).expect("read reference");
+    let bytes = std::fs::read(common::tiny_llama("reference.safetensors")).expect("read reference");
     let st = SafeTensors::deserialize(&bytes).expect("parse reference");
     let ints = |name: &str| -> (Vec<usize>, Vec<i64>) {
         let v = st.tensor(name).expect("tensor");

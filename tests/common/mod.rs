@@ -1,8 +1,10 @@
 //! Devices, comparisons and the default model, shared by the integration tests.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use burn::tensor::{Device, DeviceKind, Tensor};
 use wgtune::io::model_cache::{default_model_path, pip_available};
@@ -20,6 +22,21 @@ pub fn default_model(what: &str) -> Option<PathBuf> {
         }
         Err(e) => panic!("{e}"),
     }
+}
+
+/// `rel` inside the fixtures' tiny LLaMA (`../shared/fixtures/tiny-llama`).
+pub fn tiny_llama(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/tiny-llama")
+        .join(rel)
+}
+
+/// The `wgtune` binary run with `args`, to completion.
+pub fn wgtune<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgtune"))
+        .args(args)
+        .output()
+        .expect("run wgtune")
 }
 
 /// The wgpu device: Mesa's llvmpipe on a machine without a GPU (what CI has), a real adapter

@@ -3,19 +3,15 @@
 //! Fixture: `../shared/fixtures/tiny-llama/model-bnb-nf4` (transformers + bitsandbytes 0.50.2
 //! saving `model-f32` loaded with NF4, double quant, blocksize 64) and `model-f32`.
 
+use crate::common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::SafeTensors;
 use wgtune::io::bnb::{quant_state_json, read_quantized, read_quantized_from, write_entries};
 use wgtune::io::{OwnedTensor, read_f32};
 use wgtune::quant::{BlockStats, QuantConfig, QuantizedTensor};
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny-llama")
-        .join(rel)
-}
 
 const LINEARS: [&str; 7] = [
     "self_attn.q_proj",
@@ -37,7 +33,7 @@ fn prefixes() -> Vec<String> {
 /// stored tensor byte for byte (including the quant-state JSON text).
 #[test]
 fn read_then_write_round_trips_the_fixture() {
-    let path = fixture("model-bnb-nf4/model.safetensors");
+    let path = common::tiny_llama("model-bnb-nf4/model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     for prefix in prefixes() {
@@ -65,9 +61,9 @@ fn read_then_write_round_trips_the_fixture() {
 /// text exactly, and so do the 8-bit absmax codes and the dequantized weights.
 #[test]
 fn quantizing_f32_weights_matches_the_fixture() {
-    let f32_bytes = std::fs::read(fixture("model-f32/model.safetensors")).unwrap();
+    let f32_bytes = std::fs::read(common::tiny_llama("model-f32/model.safetensors")).unwrap();
     let f32_st = SafeTensors::deserialize(&f32_bytes).unwrap();
-    let bnb_bytes = std::fs::read(fixture("model-bnb-nf4/model.safetensors")).unwrap();
+    let bnb_bytes = std::fs::read(common::tiny_llama("model-bnb-nf4/model.safetensors")).unwrap();
     let bnb_st = SafeTensors::deserialize(&bnb_bytes).unwrap();
     let mut total_codes = 0usize;
     for prefix in prefixes() {
@@ -131,7 +127,7 @@ fn quantizing_f32_weights_matches_the_fixture() {
 /// Missing pieces are reported with the key that is missing.
 #[test]
 fn missing_entries_name_the_key() {
-    let bytes = std::fs::read(fixture("model-bnb-nf4/model.safetensors")).unwrap();
+    let bytes = std::fs::read(common::tiny_llama("model-bnb-nf4/model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let err = read_quantized(&st, "model.layers.9.self_attn.q_proj")
         .unwrap_err()

@@ -10,22 +10,8 @@ use crate::common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use safetensors::SafeTensors;
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny-llama")
-        .join(rel)
-}
-
-fn wgtune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgtune"))
-        .args(args)
-        .output()
-        .expect("run wgtune")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -33,7 +19,7 @@ fn text(bytes: &[u8]) -> String {
 
 /// The fixture's batch as JSONL rows `{"input_ids", "labels"}`, and its f32 and NF4 losses.
 fn dataset(dir: &Path) -> (PathBuf, f64, f64) {
-    let bytes = std::fs::read(fixture("reference.safetensors")).unwrap();
+    let bytes = std::fs::read(common::tiny_llama("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let i64s = |k: &str| -> (Vec<i64>, Vec<usize>) {
         let t = st.tensor(k).unwrap();
@@ -61,7 +47,7 @@ fn dataset(dir: &Path) -> (PathBuf, f64, f64) {
 
 /// Runs `wgtune eval --json` and returns its one JSON object.
 fn eval_json(data: &Path, extra: &[&str]) -> serde_json::Value {
-    let model = fixture("model-f32");
+    let model = common::tiny_llama("model-f32");
     let mut args = vec![
         "eval",
         "--model",
@@ -73,7 +59,7 @@ fn eval_json(data: &Path, extra: &[&str]) -> serde_json::Value {
         "cpu",
     ];
     args.extend(extra);
-    let out = wgtune(&args);
+    let out = common::wgtune(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "one line on stdout: {stdout:?}");
@@ -110,8 +96,8 @@ fn eval_names_the_bad_line() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("bad.jsonl");
     std::fs::write(&data, "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2\n").unwrap();
-    let model = fixture("model-f32");
-    let out = wgtune(&[
+    let model = common::tiny_llama("model-f32");
+    let out = common::wgtune(&[
         "eval",
         "--model",
         model.to_str().unwrap(),
@@ -128,7 +114,7 @@ fn eval_names_the_bad_line() {
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 
     std::fs::write(&data, "{\"labels\": [1, 2, 3]}\n").unwrap();
-    let out = wgtune(&[
+    let out = common::wgtune(&[
         "eval",
         "--model",
         model.to_str().unwrap(),
@@ -154,7 +140,7 @@ fn eval_scores_only_the_answers_of_chat_rows() {
          {\"instruction\": \"What is the capital of France?\", \"output\": \"Paris.\"}\n",
     )
     .unwrap();
-    let out = wgtune(&[
+    let out = common::wgtune(&[
         "eval",
         "--model",
         model.to_str().unwrap(),
@@ -189,7 +175,7 @@ fn generate_chat_streams_the_answer() {
             s.starts_with("The capital of France is Paris")
         }),
     ] {
-        let out = wgtune(&[
+        let out = common::wgtune(&[
             "generate",
             "--model",
             model.to_str().unwrap(),

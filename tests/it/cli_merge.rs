@@ -15,9 +15,11 @@
 //!   bitsandbytes-exact quantizer: 1e-4, and the file is byte-identical to `wgtune quantize` of
 //!   the f32 merge), and bounds the logit error by 1.5x the reference's own NF4 error.
 
+use crate::common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
@@ -28,22 +30,9 @@ use wgtune::quant::QuantConfig;
 
 const ADAPTER: &str = "adapter-after-10-steps";
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny-llama")
-        .join(rel)
-}
-
 #[allow(deprecated)] // burn-ndarray: the CPU backend
 fn cpu() -> Device {
     Device::ndarray()
-}
-
-fn wgtune(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgtune"))
-        .args(args)
-        .output()
-        .expect("run wgtune")
 }
 
 /// `wgtune merge --model MODEL --adapter ADAPTER --out OUT [extra..]`.
@@ -58,12 +47,17 @@ fn merge(model: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Output {
         out.as_os_str(),
     ];
     args.extend(extra.iter().map(std::ffi::OsStr::new));
-    wgtune(&args)
+    common::wgtune(&args)
 }
 
 /// Merges the fixture model `model` with the fixture adapter into `out` as `dtype`.
 fn merge_ok(model: &str, out: &Path, dtype: &str) {
-    let o = merge(&fixture(model), &fixture(ADAPTER), out, &["--dtype", dtype]);
+    let o = merge(
+        &common::tiny_llama(model),
+        &common::tiny_llama(ADAPTER),
+        out,
+        &["--dtype", dtype],
+    );
     assert!(o.status.success(), "merge failed: {}", stderr(&o));
 }
 
@@ -104,7 +98,7 @@ fn json(path: &Path) -> serde_json::Value {
 
 /// The reference batch's input ids, `[2, 24]`.
 fn input_ids() -> (Vec<i64>, [usize; 2]) {
-    let r = read_tensors(&fixture("reference.safetensors"));
+    let r = read_tensors(&common::tiny_llama("reference.safetensors"));
     let t = &r["input_ids"];
     let ids = t
         .data
@@ -161,7 +155,7 @@ fn f32_merge_gives_the_adapted_model_logits() {
 
     // The standard layout: the source's keys, shapes and dtype.
     let ours = read_tensors(&out.join("model.safetensors"));
-    let base = read_tensors(&fixture("model-f32/model.safetensors"));
+    let base = read_tensors(&common::tiny_llama("model-f32/model.safetensors"));
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),
         base.keys().collect::<Vec<_>>()
@@ -175,13 +169,18 @@ fn f32_merge_gives_the_adapted_model_logits() {
     assert!(config.get("quantization_config").is_none());
     assert_eq!(
         std::fs::read(out.join("generation_config.json")).unwrap(),
-        std::fs::read(fixture("model-f32/generation_config.json")).unwrap()
+        std::fs::read(common::tiny_llama("model-f32/generation_config.json")).unwrap()
     );
 
     let ids = input_ids();
     let merged = logits_of(&out, None, None, &ids);
-    let adapted = logits_of(&fixture("model-f32"), None, Some(&fixture(ADAPTER)), &ids);
-    let base_logits = logits_of(&fixture("model-f32"), None, None, &ids);
+    let adapted = logits_of(
+        &common::tiny_llama("model-f32"),
+        None,
+        Some(&common::tiny_llama(ADAPTER)),
+        &ids,
+    );
+    let base_logits = logits_of(&common::tiny_llama("model-f32"), None, None, &ids);
     let diff = max_abs_diff(&merged, &adapted);
     eprintln!("f32 merge vs model-f32 + adapter: max |Δ| {diff}");
     assert!(diff < 1e-4, "merged vs base + adapter: max |Δ| {diff}");
@@ -195,9 +194,9 @@ fn merged_projection_is_w_plus_s_b_a() {
     let out = tmp.path().join("merged");
     merge_ok("model-f32", &out, "f32");
     let merged = read_tensors(&out.join("model.safetensors"));
-    let base = read_tensors(&fixture("model-f32/model.safetensors"));
-    let adapter = read_tensors(&fixture(ADAPTER).join("adapter_model.safetensors"));
-    let cfg = json(&fixture(ADAPTER).join("adapter_config.json"));
+    let base = read_tensors(&common::tiny_llama("model-f32/model.safetensors"));
+    let adapter = read_tensors(&common::tiny_llama(ADAPTER).join("adapter_model.safetensors"));
+    let cfg = json(&common::tiny_llama(ADAPTER).join("adapter_config.json"));
     let (alpha, r) = (
         cfg["lora_alpha"].as_f64().unwrap(),
         cfg["r"].as_u64().unwrap(),
@@ -317,7 +316,7 @@ fn nf4_merge_is_a_bnb_checkpoint_of_the_f32_merge() {
     // Byte for byte what `wgtune quantize` (checked against transformers elsewhere) makes of the
     // f32 merge.
     let requantized = tmp.path().join("requantized");
-    let o = wgtune(&[
+    let o = common::wgtune(&[
         "quantize".as_ref(),
         f32_dir.as_os_str(),
         requantized.as_os_str(),
@@ -350,7 +349,7 @@ fn nf4_merge_is_a_bnb_checkpoint_of_the_f32_merge() {
         max_abs_diff(&stored, &f32_logits),
         mean_abs_diff(&stored, &f32_logits),
     );
-    let r = read_tensors(&fixture("reference.safetensors"));
+    let r = read_tensors(&common::tiny_llama("reference.safetensors"));
     let (rf, rq) = (f32s(&r["f32_logits"]), f32s(&r["nf4_logits"]));
     let (ref_max, ref_mean) = (max_abs_diff(&rq, &rf), mean_abs_diff(&rq, &rf));
     eprintln!(
@@ -374,7 +373,7 @@ fn merging_into_the_bnb_model_gives_the_qlora_logits() {
     let config = json(&out.join("config.json"));
     assert!(config.get("quantization_config").is_none());
     let tensors = read_tensors(&out.join("model.safetensors"));
-    let base = read_tensors(&fixture("model-f32/model.safetensors"));
+    let base = read_tensors(&common::tiny_llama("model-f32/model.safetensors"));
     assert_eq!(
         tensors.keys().collect::<Vec<_>>(),
         base.keys().collect::<Vec<_>>(),
@@ -383,9 +382,9 @@ fn merging_into_the_bnb_model_gives_the_qlora_logits() {
     let ids = input_ids();
     let merged = logits_of(&out, None, None, &ids);
     let qlora = logits_of(
-        &fixture("model-bnb-nf4"),
+        &common::tiny_llama("model-bnb-nf4"),
         Some(QuantConfig::default()),
-        Some(&fixture(ADAPTER)),
+        Some(&common::tiny_llama(ADAPTER)),
         &ids,
     );
     let diff = max_abs_diff(&merged, &qlora);
@@ -409,10 +408,10 @@ fn assert_refused(o: &Output, needles: &[&str], parent: &Path, keep: &[&str]) {
 /// Copies the files of fixture directory `rel` into `to`.
 fn copy_fixture(rel: &str, to: &Path) {
     std::fs::create_dir(to).unwrap();
-    for name in listing(&fixture(rel)) {
+    for name in listing(&common::tiny_llama(rel)) {
         std::fs::write(
             to.join(&name),
-            std::fs::read(fixture(rel).join(&name)).unwrap(),
+            std::fs::read(common::tiny_llama(rel).join(&name)).unwrap(),
         )
         .unwrap();
     }
@@ -440,7 +439,7 @@ fn bad_inputs_fail_with_one_line_and_leave_nothing() {
     let work = tmp.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let out = work.join("merged");
-    let model = fixture("model-f32");
+    let model = common::tiny_llama("model-f32");
 
     // No adapter there.
     let missing = tmp.path().join("no-such-adapter");
@@ -503,21 +502,31 @@ fn bad_inputs_fail_with_one_line_and_leave_nothing() {
     let model_copy = work.join("model");
     copy_fixture("model-f32", &model_copy);
     let before = listing(&model_copy);
-    let o = merge(&model_copy, &fixture(ADAPTER), &model_copy, &[]);
+    let o = merge(&model_copy, &common::tiny_llama(ADAPTER), &model_copy, &[]);
     assert_refused(&o, &["work/model", "own directory"], &work, &["model"]);
     assert_eq!(listing(&model_copy), before);
-    let o = merge(&model_copy, &fixture(ADAPTER), &model_copy.join("sub"), &[]);
+    let o = merge(
+        &model_copy,
+        &common::tiny_llama(ADAPTER),
+        &model_copy.join("sub"),
+        &[],
+    );
     assert_refused(&o, &["own directory"], &work, &["model"]);
     assert_eq!(listing(&model_copy), before);
 
     // --out already holds something.
-    let o = merge(&model, &fixture(ADAPTER), &model_copy, &[]);
+    let o = merge(&model, &common::tiny_llama(ADAPTER), &model_copy, &[]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
     assert_eq!(listing(&model_copy), before);
 
     // An unknown --dtype: clap's usage error, whose first line says what is wrong.
-    let o = merge(&model, &fixture(ADAPTER), &out, &["--dtype", "f8"]);
+    let o = merge(
+        &model,
+        &common::tiny_llama(ADAPTER),
+        &out,
+        &["--dtype", "f8"],
+    );
     assert!(!o.status.success());
     let first = stderr(&o).lines().next().unwrap_or_default().to_string();
     assert!(

@@ -3,29 +3,18 @@
 //! Fixture: `../shared/fixtures/tiny-llama/model-f32` (input) and `model-bnb-nf4` (what
 //! transformers + bitsandbytes 0.50.2 wrote for the same model).
 
+use crate::common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use safetensors::SafeTensors;
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny-llama")
-        .join(rel)
-}
-
-fn wgtune(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgtune"))
-        .args(args)
-        .output()
-        .expect("run wgtune")
-}
-
 fn quantize(input: &Path, output: &Path, extra: &[&str]) -> Output {
     let mut args: Vec<&std::ffi::OsStr> =
         vec!["quantize".as_ref(), input.as_os_str(), output.as_os_str()];
     args.extend(extra.iter().map(std::ffi::OsStr::new));
-    wgtune(&args)
+    common::wgtune(&args)
 }
 
 fn stderr(out: &Output) -> String {
@@ -48,7 +37,7 @@ fn assert_only(dir: &Path, names: &[&str]) {
 fn model_dir_matches_transformers_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("nf4");
-    let out = quantize(&fixture("model-f32"), &out_dir, &[]);
+    let out = quantize(&common::tiny_llama("model-f32"), &out_dir, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_only(tmp.path(), &["nf4"]);
     assert_only(
@@ -56,7 +45,7 @@ fn model_dir_matches_transformers_checkpoint() {
         &["config.json", "generation_config.json", "model.safetensors"],
     );
 
-    let want_dir = fixture("model-bnb-nf4");
+    let want_dir = common::tiny_llama("model-bnb-nf4");
     for file in ["config.json", "generation_config.json"] {
         assert_eq!(
             std::fs::read(out_dir.join(file)).unwrap(),
@@ -91,7 +80,7 @@ fn model_dir_matches_transformers_checkpoint() {
 fn single_file_with_options() {
     let tmp = tempfile::tempdir().unwrap();
     let out_file = tmp.path().join("fp4.safetensors");
-    let input = fixture("model-f32/model.safetensors");
+    let input = common::tiny_llama("model-f32/model.safetensors");
     let out = quantize(
         &input,
         &out_file,
@@ -153,7 +142,7 @@ fn bad_inputs_fail_cleanly() {
     let garbage = dir.join("garbage.safetensors");
     std::fs::write(&garbage, b"this is not a safetensors file").unwrap();
     let truncated = dir.join("truncated.safetensors");
-    let full = std::fs::read(fixture("model-f32/model.safetensors")).unwrap();
+    let full = std::fs::read(common::tiny_llama("model-f32/model.safetensors")).unwrap();
     std::fs::write(&truncated, &full[..full.len() / 2]).unwrap();
     let ints = dir.join("ints.safetensors");
     let t = wgtune::io::OwnedTensor {
@@ -163,7 +152,7 @@ fn bad_inputs_fail_cleanly() {
     };
     let map = [("x.weight".to_string(), t)].into_iter().collect();
     wgtune::io::write_safetensors(&map, &ints).unwrap();
-    let good = fixture("model-f32/model.safetensors");
+    let good = common::tiny_llama("model-f32/model.safetensors");
     let missing = dir.join("missing.safetensors");
     let empty_dir = dir.join("empty_model");
     std::fs::create_dir(&empty_dir).unwrap();

@@ -1,16 +1,12 @@
 //! `wgtune serve-web`: the built binary serving a page folder and a default model over real
 //! HTTP on 127.0.0.1 (the browser test in web/e2e drives the real page through it too).
 
+use crate::common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny-llama")
-        .join(rel)
-}
 
 /// Kills the server when the test ends, passed or not.
 struct Server(Child);
@@ -67,7 +63,7 @@ fn serves_the_page_and_the_model() {
     std::fs::write(site.join("index.html"), "<!doctype html><p>hi</p>").unwrap();
     std::fs::write(site.join("pkg/wgtune_web_bg.wasm"), b"\0asm\x01\0\0\0").unwrap();
     std::fs::write(tmp.path().join("secret.txt"), "no").unwrap();
-    let (_server, addr) = serve(&site, &fixture("model-f32"));
+    let (_server, addr) = serve(&site, &common::tiny_llama("model-f32"));
 
     let (status, head, body) = get(&addr, "GET", "/");
     assert_eq!(status, 200, "{head}");
@@ -91,7 +87,7 @@ fn serves_the_page_and_the_model() {
         .collect();
     assert_eq!(names, ["config.json", "model.safetensors"]);
 
-    let weights = std::fs::read(fixture("model-f32/model.safetensors")).unwrap();
+    let weights = std::fs::read(common::tiny_llama("model-f32/model.safetensors")).unwrap();
     let (status, _, body) = get(&addr, "GET", "/model/model.safetensors");
     assert_eq!(status, 200);
     assert_eq!(body, weights);

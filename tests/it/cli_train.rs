@@ -10,25 +10,14 @@
 //! * `--config` and flags, `train_config.toml`, `loss.png`, and bad input.
 //! * SmolLM2 on its chat data for two steps, and the adapter used by `generate --adapter`.
 
+use crate::common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use safetensors::SafeTensors;
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny-llama")
-        .join(rel)
-}
-
-fn wgtune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgtune"))
-        .args(args)
-        .output()
-        .expect("run wgtune")
-}
 
 fn ok(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -70,7 +59,7 @@ fn step_losses(out: &Path) -> Vec<f64> {
 
 /// The fixture batch as pre-tokenized JSONL rows.
 fn fixture_rows(dir: &Path) -> PathBuf {
-    let bytes = std::fs::read(fixture("reference.safetensors")).unwrap();
+    let bytes = std::fs::read(common::tiny_llama("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ints = |k: &str| -> Vec<i64> {
         st.tensor(k)
@@ -97,9 +86,9 @@ fn matches_peft_adamw_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let rows = fixture_rows(tmp.path());
     let out = tmp.path().join("run");
-    let model = fixture("model-bnb-nf4");
-    let init = fixture("adapter-init");
-    let err = ok(&wgtune(&[
+    let model = common::tiny_llama("model-bnb-nf4");
+    let init = common::tiny_llama("adapter-init");
+    let err = ok(&common::wgtune(&[
         "train",
         "--model",
         model.to_str().unwrap(),
@@ -129,7 +118,7 @@ fn matches_peft_adamw_through_the_cli() {
         out.to_str().unwrap(),
     ]));
     assert!(err.contains("wgpu"), "{err}");
-    let reference = f32_tensors(&fixture("reference.safetensors"));
+    let reference = f32_tensors(&common::tiny_llama("reference.safetensors"));
     let want = &reference["adamw_losses"];
     let got = step_losses(&out);
     assert_eq!(got.len(), 10, "one metrics line per step");
@@ -140,7 +129,9 @@ fn matches_peft_adamw_through_the_cli() {
             i + 1
         );
     }
-    let after = f32_tensors(&fixture("adapter-after-10-steps/adapter_model.safetensors"));
+    let after = f32_tensors(&common::tiny_llama(
+        "adapter-after-10-steps/adapter_model.safetensors",
+    ));
     let mine = f32_tensors(&out.join("adapter_model.safetensors"));
     assert_eq!(
         mine.keys().collect::<Vec<_>>(),
@@ -219,7 +210,7 @@ fn random_rows(dir: &Path, n: usize) -> PathBuf {
 
 fn run_args<'a>(data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
     let model = Box::leak(
-        fixture("model-f32")
+        common::tiny_llama("model-f32")
             .to_str()
             .unwrap()
             .to_string()
@@ -266,7 +257,11 @@ fn ctrl_c_checkpoints_and_resume_is_bit_for_bit() {
     let data = random_rows(tmp.path(), 30);
     let data = data.to_str().unwrap();
     let full = tmp.path().join("full");
-    ok(&wgtune(&run_args(data, full.to_str().unwrap(), "40")));
+    ok(&common::wgtune(&run_args(
+        data,
+        full.to_str().unwrap(),
+        "40",
+    )));
 
     // The same run, interrupted with SIGINT after a few steps.
     let part = tmp.path().join("part");
@@ -310,7 +305,7 @@ fn ctrl_c_checkpoints_and_resume_is_bit_for_bit() {
 
     let mut args = run_args(data, part.to_str().unwrap(), "40");
     args.push("--resume");
-    let err = ok(&wgtune(&args));
+    let err = ok(&common::wgtune(&args));
     assert!(err.contains("resumed from"), "{err}");
     assert_eq!(step_losses(&part), step_losses(&full), "per-step losses");
     let a = std::fs::read(full.join("adapter_model.safetensors")).unwrap();
@@ -337,13 +332,13 @@ fn config_file_then_flags() {
         format!(
             "model = {:?}\ndata = {:?}\nout = {:?}\nsteps = 2\nlora-r = 4\ndevice = \"cpu\"\n\
              target-modules = \"q_proj,v_proj\"\n",
-            fixture("model-f32"),
+            common::tiny_llama("model-f32"),
             data,
             out
         ),
     )
     .unwrap();
-    ok(&wgtune(&[
+    ok(&common::wgtune(&[
         "train",
         "--config",
         cfg.to_str().unwrap(),
@@ -373,7 +368,7 @@ fn config_file_then_flags() {
     );
     // The written settings reproduce the run.
     let again = tmp.path().join("again");
-    ok(&wgtune(&[
+    ok(&common::wgtune(&[
         "train",
         "--config",
         out.join("train_config.toml").to_str().unwrap(),
@@ -383,7 +378,7 @@ fn config_file_then_flags() {
     assert_eq!(step_losses(&again), step_losses(&out));
     // An unknown key names the file.
     std::fs::write(&cfg, "lora_r = 4\n").unwrap();
-    let o = wgtune(&["train", "--config", cfg.to_str().unwrap()]);
+    let o = common::wgtune(&["train", "--config", cfg.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("run.toml"), "{err}");
 }
@@ -391,7 +386,7 @@ fn config_file_then_flags() {
 #[test]
 fn bad_input_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = fixture("model-f32");
+    let model = common::tiny_llama("model-f32");
     let model = model.to_str().unwrap();
     let out = tmp.path().join("out");
     let out = out.to_str().unwrap();
@@ -401,7 +396,7 @@ fn bad_input_is_reported() {
             "cpu",
         ];
         args.extend_from_slice(extra);
-        wgtune(&args)
+        common::wgtune(&args)
     };
     let fails = |o: Output, needle: &str| {
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -437,7 +432,7 @@ fn bad_input_is_reported() {
     );
     let fresh = tmp.path().join("fresh");
     fails(
-        wgtune(&[
+        common::wgtune(&[
             "train",
             "--data",
             bad.to_str().unwrap(),
@@ -468,7 +463,7 @@ fn smollm2_chat_data_and_generate_with_the_adapter() {
     .collect();
     std::fs::write(&data, rows).unwrap();
     let out = tmp.path().join("out");
-    let err = ok(&wgtune(&[
+    let err = ok(&common::wgtune(&[
         "train",
         "--data",
         data.to_str().unwrap(),
@@ -490,7 +485,7 @@ fn smollm2_chat_data_and_generate_with_the_adapter() {
         losses.iter().all(|l| l.is_finite() && *l > 0.0),
         "{losses:?}"
     );
-    let o = wgtune(&[
+    let o = common::wgtune(&[
         "generate",
         "--adapter",
         out.to_str().unwrap(),
@@ -511,7 +506,7 @@ fn qst_trains_resumes_and_loads_as_an_adapter() {
     let tmp = tempfile::tempdir().unwrap();
     let data = random_rows(tmp.path(), 12);
     let data = data.to_str().unwrap();
-    let model = fixture("model-f32");
+    let model = common::tiny_llama("model-f32");
     let model = model.to_str().unwrap();
     let args = |out: &str| -> Vec<String> {
         [
@@ -544,7 +539,7 @@ fn qst_trains_resumes_and_loads_as_an_adapter() {
     };
     let run = |a: &[String]| {
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-        ok(&wgtune(&refs))
+        ok(&common::wgtune(&refs))
     };
     let a = tmp.path().join("a");
     let err = run(&args(a.to_str().unwrap()));
@@ -580,7 +575,7 @@ fn qst_trains_resumes_and_loads_as_an_adapter() {
             "eval", "--model", model, "--data", data, "--json", "--device", "cpu",
         ];
         v.extend_from_slice(extra);
-        let o = wgtune(&v);
+        let o = common::wgtune(&v);
         ok(&o);
         let j: serde_json::Value =
             serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();

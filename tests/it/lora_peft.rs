@@ -11,7 +11,7 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{cpu, values, wgpu};
@@ -21,12 +21,6 @@ use wgtune::peft::AdapterFile;
 use wgtune::quant::QuantConfig;
 use wgtune::train::step::{DeviceBatch, micro_step, param_values, params_mut};
 use wgtune::train::{AdamW, AdamWConfig};
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny-llama")
-        .join(rel)
-}
 
 /// Tensors by name: shape and raw bytes.
 type Tensors = BTreeMap<String, (Vec<usize>, Vec<u8>)>;
@@ -59,7 +53,7 @@ struct Batch {
 }
 
 fn batch() -> (Batch, Tensors) {
-    let r = read_all(&fixture("reference.safetensors"));
+    let r = read_all(&common::tiny_llama("reference.safetensors"));
     let shape = [r["input_ids"].0[0], r["input_ids"].0[1]];
     let b = Batch {
         shape,
@@ -80,12 +74,12 @@ fn device_batch(b: &Batch, device: &Device) -> DeviceBatch {
 /// The NF4 model with `adapter-init` on `device` (an autodiff device).
 fn model_with_adapter(device: &Device) -> Llama {
     let mut model = load_hf_dir(
-        &fixture("model-bnb-nf4"),
+        &common::tiny_llama("model-bnb-nf4"),
         Some(QuantConfig::default()),
         device,
     )
     .expect("load model");
-    AdapterFile::read(&fixture("adapter-init"))
+    AdapterFile::read(&common::tiny_llama("adapter-init"))
         .expect("read adapter")
         .apply(&mut model)
         .expect("apply adapter");
@@ -125,7 +119,7 @@ fn logits_case(device: Device, name: &str) {
 
 fn grads_case(device: Device, checkpointing: bool, name: &str) {
     let (b, _) = batch();
-    let want = read_all(&fixture("lora_grads.safetensors"));
+    let want = read_all(&common::tiny_llama("lora_grads.safetensors"));
     let model = model_with_adapter(&device.clone().autodiff());
     let db = device_batch(&b, &device.autodiff());
     let targets = b
@@ -187,7 +181,9 @@ fn adamw_case(device: Device, checkpointing: bool, name: &str) {
             *p = burn::module::Param::from_tensor(v.autodiff());
         }
     }
-    let after = read_all(&fixture("adapter-after-10-steps/adapter_model.safetensors"));
+    let after = read_all(&common::tiny_llama(
+        "adapter-after-10-steps/adapter_model.safetensors",
+    ));
     let mut worst_w = 0f32;
     for (pname, t) in param_values(&model) {
         let (_, bytes) = &after[&pname];

@@ -6,17 +6,11 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use wgtune::pretrained::{ModelFiles, ModelFormat, Pretrained};
 use wgtune::quant::QuantConfig;
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny-llama")
-        .join(rel)
-}
 
 fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
@@ -47,7 +41,7 @@ fn memory_load_equals_disk_load() {
         ("model-f32", Some(QuantConfig::default())),
         ("model-bnb-nf4", Some(QuantConfig::default())),
     ] {
-        let path = fixture(dir);
+        let path = common::tiny_llama(dir);
         let disk = Pretrained::load(&path, quant, &device).unwrap();
         let opened = ModelFiles::open(Path::new("picked"), files_of(&path)).unwrap();
         assert_eq!(opened.format(), ModelFormat::HfDir);
@@ -67,7 +61,7 @@ fn stepwise_load_equals_one_shot_load() {
     let device = common::cpu();
     for dir in ["model-f32", "model-bnb-nf4"] {
         let quant = Some(QuantConfig::default());
-        let path = fixture(dir);
+        let path = common::tiny_llama(dir);
         let disk = Pretrained::load(&path, quant, &device).unwrap();
         let opened = ModelFiles::open(Path::new("picked"), files_of(&path)).unwrap();
         let mut loading = opened.start(quant, &device).unwrap();
@@ -109,7 +103,7 @@ fn stepwise_load_equals_one_shot_load() {
 #[test]
 fn a_missing_tensor_fails_its_step() {
     use wgtune::io::{OwnedTensor, serialize_safetensors};
-    let path = fixture("model-f32");
+    let path = common::tiny_llama("model-f32");
     let mut files = files_of(&path);
     let bytes = files.remove("model.safetensors").unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -144,7 +138,7 @@ fn a_missing_tensor_fails_its_step() {
 
 #[test]
 fn incomplete_or_corrupt_sets_are_named() {
-    let path = fixture("model-f32");
+    let path = common::tiny_llama("model-f32");
     let err = |files: BTreeMap<String, Vec<u8>>| match ModelFiles::open(Path::new("picked"), files)
     {
         Ok(_) => panic!("opened"),

@@ -8,8 +8,6 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
-
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{cpu, values, wgpu};
 use safetensors::SafeTensors;
@@ -21,12 +19,6 @@ use wgtune::quant::QuantConfig;
 const F32_TOL: f32 = 1e-4;
 /// Logits of the NF4 model: the same 4-bit weights; the products differ in summation order.
 const NF4_TOL: f32 = 1e-3;
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny-llama")
-        .join(rel)
-}
 
 /// `reference.safetensors`.
 struct Reference {
@@ -40,7 +32,7 @@ struct Reference {
 }
 
 fn reference() -> Reference {
-    let bytes = std::fs::read(fixture("reference.safetensors")).expect("read reference");
+    let bytes = std::fs::read(common::tiny_llama("reference.safetensors")).expect("read reference");
     let st = SafeTensors::deserialize(&bytes).expect("parse reference");
     let ints = |name: &str| -> Vec<i64> {
         let v = st.tensor(name).expect(name);
@@ -96,7 +88,7 @@ fn check(
     tol: f32,
 ) {
     let r = reference();
-    let model = load_hf_dir(&fixture(dir), quant, &device).expect("load");
+    let model = load_hf_dir(&common::tiny_llama(dir), quant, &device).expect("load");
     let (logits, loss) = run(&model, &r, &device);
     let logit_err = max_abs_diff(&logits, want_logits);
     let loss_err = (loss - want_loss).abs();
@@ -187,7 +179,7 @@ fn bnb_checkpoint_matches_transformers_wgpu() {
 fn kv_cache_case(device: Device, name: &str) {
     let r = reference();
     let model = load_hf_dir(
-        &fixture("model-bnb-nf4"),
+        &common::tiny_llama("model-bnb-nf4"),
         Some(QuantConfig::default()),
         &device,
     )
@@ -225,7 +217,7 @@ fn kv_cache_matches_full_forward_wgpu() {
 #[test]
 fn load_from_tensors_matches_transformers() {
     let r = reference();
-    let dir = fixture("model-f32");
+    let dir = common::tiny_llama("model-f32");
     let config = LlamaConfig::from_file(&dir.join("config.json")).expect("config");
     let ckpt = wgtune::io::Checkpoint::open(&dir).expect("open");
     let get = |name: &str| -> Result<(Vec<f32>, Vec<usize>), LoadError> {
@@ -244,7 +236,7 @@ fn load_from_tensors_matches_transformers() {
 
 /// A directory holding `config` (edited from `model-f32`'s) and a link to its weights.
 fn edited_model_dir(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
-    let src = fixture("model-f32");
+    let src = common::tiny_llama("model-f32");
     let text = std::fs::read_to_string(src.join("config.json")).expect("config");
     let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
     edit(&mut json);
