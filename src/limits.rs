@@ -92,19 +92,25 @@ pub fn check_model(
     check(&needs, limits)
 }
 
-/// A training step's largest activations: a chunk of the logits (the loss runs the LM head a
-/// chunk of positions at a time, [`crate::model::head_chunk_rows`]; their softmax and gradient
-/// are the same size) and the attention scores `[b, heads, s, s]`, for `batch` rows of `seq`
-/// tokens.
+/// A training step's largest activations, for `batch` rows of `seq` tokens: a chunk of the
+/// logits (the loss runs the LM head a chunk of positions at a time,
+/// [`crate::model::head_chunk_rows`]; their softmax and gradient are the same size), a chunk of
+/// the attention scores (attention runs a chunk of query rows at a time,
+/// [`crate::model::attention::attention_chunk_rows`]) and the MLP's `[b, s, intermediate]`
+/// activations, which nothing splits.
 pub fn check_step(
     config: &LlamaConfig,
     batch: usize,
     seq: usize,
     limits: &DeviceLimits,
 ) -> Result<(), String> {
+    use crate::model::attention::{ATTENTION_CHUNK_BYTES, attention_chunk_rows};
     let (b, s) = (batch as u64, seq as u64);
     let vocab = config.vocab_size as u64;
+    let heads = config.num_attention_heads;
     let rows = (b * s).min(crate::model::head_chunk_rows(config.vocab_size) as u64);
+    let query_rows = attention_chunk_rows([batch, heads, seq, seq], ATTENTION_CHUNK_BYTES) as u64;
+    let inter = config.intermediate_size as u64;
     let needs = [
         Need {
             what: format!("A step's logits ({rows} positions x {vocab} vocabulary, f32)"),
@@ -113,10 +119,14 @@ pub fn check_step(
         },
         Need {
             what: format!(
-                "A step's attention scores ({b} x {} heads x {s} x {s}, f32)",
-                config.num_attention_heads
+                "A chunk of a step's attention scores ({b} x {heads} heads x {query_rows} x {s}, f32)"
             ),
-            bytes: b * config.num_attention_heads as u64 * s * s * 4,
+            bytes: b * heads as u64 * query_rows * s * 4,
+            hint: "Lower the batch size or the max length.",
+        },
+        Need {
+            what: format!("A step's MLP activations ({b} x {s} x {inter}, f32)"),
+            bytes: b * s * inter * 4,
             hint: "Lower the batch size or the max length.",
         },
     ];
@@ -153,18 +163,34 @@ mod tests {
         check_step(&c, 1, 256, &DEFAULT).unwrap();
         // 4 x 512 x 49152 x 4 = 384 MiB of logits in one piece; the loss holds 32 MiB of them.
         check_step(&c, 4, 512, &DEFAULT).unwrap();
-        // 4 x 9 x 2048 x 2048 x 4 = 576 MiB of attention scores: over by 448 MiB.
-        let err = check_step(&c, 4, 2048, &DEFAULT).unwrap_err();
+        // 4 x 9 x 2048 x 2048 x 4 = 576 MiB of attention scores in one piece; 18 chunks of
+        // 114 rows, 32.1 MiB each.
+        use crate::model::attention::{ATTENTION_CHUNK_BYTES, attention_chunk_rows};
+        assert_eq!(
+            attention_chunk_rows([4, 9, 2048, 2048], ATTENTION_CHUNK_BYTES),
+            114
+        );
+        check_step(&c, 4, 2048, &DEFAULT).unwrap();
+        // 8 x 4096 x 1536 x 4 = 192 MiB of MLP activations: over by 64 MiB.
+        let err = check_step(&c, 8, 4096, &DEFAULT).unwrap_err();
         assert!(
-            err.starts_with("A step's attention scores (4 x 9 heads x 2048 x 2048, f32)"),
+            err.starts_with("A step's MLP activations (8 x 4096 x 1536, f32) needs 192.0 MiB"),
             "{err}"
         );
         assert!(
             err.contains("maxStorageBufferBindingSize is 128.0 MiB"),
             "{err}"
         );
-        assert!(err.contains("448.0 MiB over"), "{err}");
+        assert!(err.contains("64.0 MiB over"), "{err}");
         assert!(err.contains("Lower the batch size"), "{err}");
+        // One query row of scores past the limit: 1 x 9 heads x 4M keys x 4 bytes = 144 MiB.
+        let err = check_step(&c, 1, 1 << 22, &DEFAULT).unwrap_err();
+        assert!(
+            err.starts_with(
+                "A chunk of a step's attention scores (1 x 9 heads x 1 x 4194304, f32)"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

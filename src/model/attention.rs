@@ -138,9 +138,22 @@ impl Attention {
     }
 }
 
+/// Bytes of one chunk of attention scores in [`attend`]: the `[b, h, rows, keys]` scores, their
+/// softmax (and, when training, their gradients) are buffers of this size at most. At SmolLM2's
+/// 9 heads, batch 4 x 512 tokens (37.7 MB of scores) is two chunks; one `[1, 9, 2048, 2048]`
+/// prompt (151 MB, past WebGPU's default 128 MiB binding limit in one buffer) is five.
+pub const ATTENTION_CHUNK_BYTES: usize = 32 << 20;
+
 /// `softmax(Q·Kᵀ/√d + M)·V` with the heads merged back: the part of attention after the
 /// projections and RoPE, shared by the LLM's layers and the QST side layers. With `cache`, the
 /// keys and values of earlier tokens are prepended and the new ones appended to it.
+///
+/// The queries run in chunks of rows whose scores fit [`ATTENTION_CHUNK_BYTES`], so the whole
+/// `[b, h, s, t]` score matrix never exists at once. `mask` is always a [`causal_mask`] (query
+/// `i` sees no key after `t - s + i`), so a chunk of rows `r0..r1` only reads keys
+/// `0..t - s + r1`: the keys after that are masked for every row of the chunk, and leaving
+/// them out changes no value while it saves their share of the work (a quarter of it at two
+/// chunks). `1/√d` scales `Q` (`[.., d]`) instead of the scores (`[.., t]`).
 ///
 /// # Shapes
 /// `q: [b, h, s, d]`, `k`, `v`: `[b, kv, s, d]`, `mask`: `[s, t]` (`true` = masked; `None` only
@@ -151,6 +164,27 @@ pub fn attend(
     v: Tensor<4>,
     mask: Option<&Tensor<2, Bool>>,
     cache: Option<&mut Option<LayerKv>>,
+) -> Tensor<3> {
+    attend_in_chunks(q, k, v, mask, cache, ATTENTION_CHUNK_BYTES)
+}
+
+/// Query rows per chunk of [`attend`] for `[b, h, s, t]` scores: the rows split into as few
+/// equal chunks as keep each within `budget` bytes (one row of `b·h·t` floats at the least; a
+/// chunk may pass the budget by less than a row, since the chunks are equal).
+pub fn attention_chunk_rows([b, h, s, t]: [usize; 4], budget: usize) -> usize {
+    let row_bytes = b * h * t * 4;
+    let chunks = (s * row_bytes).div_ceil(budget.max(1)).clamp(1, s.max(1));
+    s.div_ceil(chunks).max(1)
+}
+
+/// [`attend`] with scores of at most `budget` bytes a chunk (see [`attention_chunk_rows`]).
+pub(crate) fn attend_in_chunks(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<&Tensor<2, Bool>>,
+    cache: Option<&mut Option<LayerKv>>,
+    budget: usize,
 ) -> Tensor<3> {
     let [b, h, s, d] = q.dims();
     let kv = k.dims()[1];
@@ -172,20 +206,50 @@ pub fn attend(
         None => (k, v),
     };
     let t = k.dims()[2];
-    let k = repeat_kv(k, h / kv); // [b, h, t, d]
+    let offset = t - s; // the position of the first query
+    let k = repeat_kv(k, h / kv).swap_dims(2, 3); // [b, h, d, t]
     let v = repeat_kv(v, h / kv); // [b, h, t, d]
+    let q = q * (d as f64).powf(-0.5); // [b, h, s, d]
 
-    let scores = q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5); // [b, h, s, t]
-    let scores = match mask {
-        Some(m) => {
-            let m = m.clone().unsqueeze::<4>().expand([b, h, s, t]); // [b, h, s, t]
-            scores.mask_fill(m, f32::NEG_INFINITY)
-        }
-        None => scores,
-    };
-    softmax(scores, 3) // [b, h, s, t]
-        .matmul(v) // [b, h, s, d]
-        .swap_dims(1, 2) // [b, s, h, d]
+    let rows = attention_chunk_rows([b, h, s, t], budget);
+    let chunks = s.div_ceil(rows);
+    let out: Vec<Tensor<4>> = (0..s)
+        .step_by(rows)
+        .map(|r0| {
+            let r1 = (r0 + rows).min(s);
+            // Keys past `offset + r1` are masked for every row of the chunk.
+            let keys = if mask.is_some() { offset + r1 } else { t };
+            let q = if chunks == 1 {
+                q.clone()
+            } else {
+                q.clone().slice([0..b, 0..h, r0..r1, 0..d])
+            };
+            let (k, v) = if keys == t {
+                (k.clone(), v.clone())
+            } else {
+                (
+                    k.clone().slice([0..b, 0..h, 0..d, 0..keys]),
+                    v.clone().slice([0..b, 0..h, 0..keys, 0..d]),
+                )
+            };
+            let scores = q.matmul(k); // [b, h, r, keys]
+            let scores = match mask {
+                Some(m) => {
+                    let m = m.clone().slice([r0..r1, 0..keys]); // [r, keys]
+                    let m = m.unsqueeze::<4>().expand([b, h, r1 - r0, keys]);
+                    scores.mask_fill(m, f32::NEG_INFINITY)
+                }
+                None => scores,
+            };
+            softmax(scores, 3).matmul(v) // [b, h, r, d]
+        })
+        .collect();
+    let out = if out.len() == 1 {
+        out.into_iter().next().expect("one chunk")
+    } else {
+        Tensor::cat(out, 2)
+    }; // [b, h, s, d]
+    out.swap_dims(1, 2) // [b, s, h, d]
         .reshape([b, s, h * d]) // [b, s, h·d]
 }
 
@@ -241,6 +305,77 @@ mod tests {
             true, true, false, false,
         ];
         assert_eq!(m, want);
+    }
+
+    /// Query chunks (down to one row each) with the keys past each chunk left out give the
+    /// values and gradients of one chunk over every key: with a cache offset, GQA, a sliding
+    /// window and a single cached token among the cases.
+    #[test]
+    fn attention_in_chunks_equals_one_chunk() {
+        use burn::tensor::TensorData;
+        let device = cpu().autodiff();
+        let wave = |n: usize, f: f32| (0..n).map(|i| ((i as f32) * f).sin()).collect::<Vec<_>>();
+        let t4 = |shape: [usize; 4], f: f32| {
+            let n = shape.iter().product();
+            Tensor::<4>::from_data(TensorData::new(wave(n, f), shape), &device).require_grad()
+        };
+        // (b, h, kv, s, offset, d, window)
+        let cases = [
+            (2, 4, 2, 7, 0, 3, None),
+            (1, 3, 1, 5, 4, 2, None),
+            (2, 2, 2, 9, 0, 4, Some(3)),
+            (1, 2, 2, 6, 3, 2, Some(4)),
+            (1, 2, 1, 1, 6, 2, None),
+        ];
+        for (b, h, kv, s, offset, d, window) in cases {
+            let q = t4([b, h, s, d], 0.37);
+            let k = t4([b, kv, s, d], 0.91);
+            let v = t4([b, kv, s, d], 1.73);
+            let (pk, pv) = (t4([b, kv, offset, d], 0.53), t4([b, kv, offset, d], 1.19));
+            let w = Tensor::<3>::from_data(
+                TensorData::new(wave(b * s * h * d, 2.3), [b, s, h * d]),
+                &device,
+            );
+            let mask = (s > 1 || window.is_some()).then(|| causal_mask(s, offset, window, &device));
+            let run = |budget: usize| {
+                let mut slot = (offset > 0).then(|| LayerKv {
+                    k: pk.clone(),
+                    v: pv.clone(),
+                });
+                let cache = (offset > 0).then_some(&mut slot);
+                let y = attend_in_chunks(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    mask.as_ref(),
+                    cache,
+                    budget,
+                );
+                let g = (y.clone() * w.clone()).sum().backward();
+                let mut all = vec![y.inner().into_data()];
+                for x in [&q, &k, &v, &pk, &pv] {
+                    if x.dims()[2] > 0 {
+                        all.push(x.grad(&g).expect("a gradient").into_data());
+                    }
+                }
+                all.into_iter()
+                    .map(|t| t.try_to_vec::<f32>().expect("f32"))
+                    .collect::<Vec<_>>()
+            };
+            let row = b * h * (offset + s) * 4;
+            let want = run(usize::MAX);
+            for rows in [1, 2, 3] {
+                let got = run(rows * row);
+                for (which, (g, e)) in got.iter().zip(&want).enumerate() {
+                    for (a, e) in g.iter().zip(e) {
+                        assert!(
+                            (a - e).abs() < 1e-5,
+                            "{b}x{h}/{kv} s {s} offset {offset} window {window:?}, {rows} rows a chunk, output {which}: {a} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
