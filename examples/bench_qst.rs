@@ -89,7 +89,7 @@ fn prepare(pre: &mut Pretrained, method: &str) -> Result<LoraConfig> {
     match method {
         "lora" => peft::attach(&mut pre.model, &lora, 0),
         "qst" | "qst-full" => {
-            let device = pre.model.embed_tokens.device();
+            let device = pre.model.device();
             pre.model.side = Some(SideNetwork::init(
                 &pre.config,
                 &QstConfig::default(),

@@ -66,7 +66,7 @@ pub fn row_loss_tensor(model: &Llama, ex: &Example) -> Option<(Tensor<1>, usize)
     if n == 0 || s < 2 {
         return None;
     }
-    let device = model.embed_tokens.device();
+    let device = model.device();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ex.input_ids.clone(), [1, s]), &device); // [1, s]
     let labels = Tensor::<2, Int>::from_data(TensorData::new(ex.labels.clone(), [1, s]), &device); // [1, s]
     let (sum, _) = model.loss_sum(ids, labels);

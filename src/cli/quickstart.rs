@@ -104,7 +104,7 @@ pub fn exact_match(
     rows: &[Row],
 ) -> Result<Vec<bool>> {
     let stop = reply_stop_ids(tokenizer, template);
-    let device = model.embed_tokens.device();
+    let device = model.device();
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(8) {
         // Prompt + expected answer, and where the answer starts.

@@ -204,7 +204,7 @@ pub fn last_logits_tensor(
     input: &[u32],
     cache: &mut crate::model::KvCache,
 ) -> Tensor<1> {
-    let device = model.embed_tokens.device();
+    let device = model.device();
     let s = input.len();
     let data: Vec<i64> = input.iter().map(|&id| i64::from(id)).collect();
     let input_ids = Tensor::<2, Int>::from_data(TensorData::new(data, [1, s]), &device); // [1, s]

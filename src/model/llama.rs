@@ -6,7 +6,7 @@
 
 use burn::module::Module;
 use burn::tensor::module::embedding;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::attention::{Attention, KvCache, LayerKv, causal_mask};
 use super::config::LlamaConfig;
@@ -61,8 +61,10 @@ impl DecoderLayer {
 /// norms and LM head are plain (frozen) tensors.
 #[derive(Module, Debug)]
 pub struct Llama {
-    /// `[v, hidden]` token embeddings `E` (`model.embed_tokens.weight`).
-    pub embed_tokens: Tensor<2>,
+    /// `[v, hidden]` token embeddings `E` (`model.embed_tokens.weight`); `None` when they are
+    /// tied to the LM head (`tie_word_embeddings`), whose transpose `lm_head_t` then holds them
+    /// as its columns: one copy instead of two (113 MB of f32 at SmolLM2's 49k x 576).
+    pub embed_tokens: Option<Tensor<2>>,
     /// `model.layers.*`
     pub layers: Vec<DecoderLayer>,
     /// Final norm (`model.norm`).
@@ -104,7 +106,7 @@ impl Llama {
         }
         let mut cache = cache;
         let [_, s] = input_ids.dims();
-        let device = self.embed_tokens.device();
+        let device = self.device();
         let offset = cache.as_ref().map_or(0, |c| c.offset);
         let (cos, sin) = self.rope.cos_sin(offset, s, &device); // [s, d] each
         // A single new token sees every cached one unless a sliding window cuts in.
@@ -117,7 +119,7 @@ impl Llama {
         {
             c.layers.resize(self.layers.len(), None);
         }
-        let mut h = embedding(self.embed_tokens.clone(), input_ids); // [b, s, hidden]
+        let mut h = self.embed(input_ids); // [b, s, hidden]
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             h = layer.forward(h, &cos, &sin, mask.as_ref(), slot);
@@ -161,13 +163,30 @@ impl Llama {
     /// # Shapes
     /// `input_ids: [b, s]` -> `[b, s, hidden]`.
     pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
-        embedding(self.embed_tokens.clone(), input_ids)
+        match &self.embed_tokens {
+            Some(e) => embedding(e.clone(), input_ids),
+            None => {
+                // Tied: `E = W_head`, so `E[ids]` are columns of `lm_head_t`.
+                let [b, s] = input_ids.dims();
+                let hidden = self.lm_head_t.dims()[0];
+                self.lm_head_t
+                    .clone()
+                    .select(1, input_ids.reshape([b * s])) // [hidden, b·s]
+                    .transpose() // [b·s, hidden]
+                    .reshape([b, s, hidden])
+            }
+        }
+    }
+
+    /// The device the model's tensors live on.
+    pub fn device(&self) -> Device {
+        self.lm_head_t.device()
     }
 
     /// RoPE `cos`, `sin` (`[s, d]`) and the causal mask (`[s, s]`, `None` for one token) of `s`
     /// tokens at positions `0..s`: what every layer of an uncached forward takes.
     pub fn positions(&self, s: usize) -> (Tensor<2>, Tensor<2>, Option<Tensor<2, Bool>>) {
-        let device = self.embed_tokens.device();
+        let device = self.device();
         let (cos, sin) = self.rope.cos_sin(0, s, &device);
         let mask = (s > 1).then(|| causal_mask(s, 0, self.config.sliding_window, &device));
         (cos, sin, mask)

@@ -86,8 +86,8 @@ pub struct Builder<'a> {
     device: Device,
     /// Pieces done so far (0 = nothing read).
     done: usize,
-    /// `embed_tokens` values, read by the first piece and uploaded by the second (the LM head
-    /// is their transpose when the embeddings are tied).
+    /// `embed_tokens` values, read by the first piece and uploaded by the second (only when
+    /// untied: tied, the LM head is their transpose and holds them).
     embed: Option<Vec<f32>>,
     embed_tokens: Option<Tensor<2>>,
     lm_head_t: Option<Tensor<2>>,
@@ -180,19 +180,20 @@ impl<'a> Builder<'a> {
             }
             1 => {
                 let embed = self.embed.take().unwrap_or_default();
-                // The LM head is stored transposed, `[hidden, v]`, for a contiguous matmul.
+                // The LM head is stored transposed, `[hidden, v]`, for a contiguous matmul. Tied
+                // embeddings are its columns and get no copy of their own (`Llama::embed`).
                 let head = if c.tie_word_embeddings {
                     super::linear::transpose(&embed, vocab, hidden)
                 } else {
                     let head = checked(&mut *self.src, "lm_head.weight", &[vocab, hidden])?;
+                    self.embed_tokens = Some(Tensor::from_data(
+                        TensorData::new(embed, [vocab, hidden]),
+                        device,
+                    ));
                     super::linear::transpose(&head, vocab, hidden)
                 };
                 self.lm_head_t = Some(Tensor::from_data(
                     TensorData::new(head, [hidden, vocab]),
-                    device,
-                ));
-                self.embed_tokens = Some(Tensor::from_data(
-                    TensorData::new(embed, [vocab, hidden]),
                     device,
                 ));
             }
@@ -212,14 +213,12 @@ impl<'a> Builder<'a> {
     /// Builds the pieces left and returns the model.
     pub fn finish(mut self) -> Result<Llama, LoadError> {
         while !self.step()? {}
-        let (Some(embed_tokens), Some(lm_head_t), Some(norm)) =
-            (self.embed_tokens, self.lm_head_t, self.norm)
-        else {
+        let (Some(lm_head_t), Some(norm)) = (self.lm_head_t, self.norm) else {
             unreachable!("every piece is built once step() returns true")
         };
         let c = self.config;
         Ok(Llama {
-            embed_tokens,
+            embed_tokens: self.embed_tokens,
             layers: self.layers,
             norm,
             lm_head_t,

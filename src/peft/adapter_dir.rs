@@ -198,7 +198,7 @@ impl AdapterFile {
                 ),
             });
         }
-        let device = model.embed_tokens.device();
+        let device = model.device();
         for (key, (i, target)) in placed {
             let w = &self.modules[&key];
             target.linear_mut(&mut model.layers[i]).adapter = Some(adapter_from_values(

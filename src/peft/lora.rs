@@ -202,7 +202,7 @@ impl LoraConfig {
 /// already there. `A` values come from a generator seeded with `seed`, drawn layer by layer in
 /// [`TargetModule::ALL`] order, so the same seed gives the same adapter on every device.
 pub fn attach(model: &mut Llama, config: &LoraConfig, seed: u64) {
-    let device = model.embed_tokens.device();
+    let device = model.device();
     let mut rng = StdRng::seed_from_u64(seed);
     for layer in &mut model.layers {
         for target in TargetModule::ALL {

@@ -966,7 +966,7 @@ pub fn head_input(
     cache: Option<&mut QstCache>,
 ) -> Tensor<3> {
     let [_, s] = ids.dims();
-    let device = model.embed_tokens.device();
+    let device = model.device();
     let mut cache = cache;
     let offset = cache.as_ref().map_or(0, |c| c.offset);
     let (cos, sin) = model.rope.cos_sin(offset, s, &device);

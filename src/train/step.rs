@@ -107,10 +107,7 @@ pub fn micro_step(
 }
 
 fn seed_layer(model: &Llama, micro_seed: u64, layer: usize) {
-    model
-        .embed_tokens
-        .device()
-        .seed(mix_seed(micro_seed, layer as u64, 0));
+    model.device().seed(mix_seed(micro_seed, layer as u64, 0));
 }
 
 fn grads_of(params: &[(String, Tensor<2>)], grads: &burn::tensor::Gradients) -> Vec<Tensor<2>> {

@@ -190,7 +190,7 @@ impl Trainer {
         if train.is_empty() {
             return Err(TrainError::Invalid("no training examples".to_string()));
         }
-        if !model.embed_tokens.device().is_autodiff() {
+        if !model.device().is_autodiff() {
             return Err(TrainError::Invalid(
                 "the model must be loaded on an autodiff device to train".to_string(),
             ));
@@ -276,7 +276,7 @@ impl Trainer {
             .into());
         }
         if self.model.side.is_some() {
-            let device = self.model.embed_tokens.device();
+            let device = self.model.device();
             self.model.side = Some(SideNetwork::load(dir, &self.model.config, &device)?);
         } else {
             peft::AdapterFile::read(dir)?.apply(&mut self.model)?;
@@ -292,7 +292,7 @@ impl Trainer {
             .into());
         }
         let shapes: Vec<[usize; 2]> = params.iter().map(|(_, t)| t.dims()).collect();
-        let device = self.model.embed_tokens.device().inner();
+        let device = self.model.device().inner();
         let (m, v) = checkpoint::read_moments(dir, &names, &shapes, &device)?;
         self.opt.m = m;
         self.opt.v = v;
@@ -307,7 +307,7 @@ impl Trainer {
     pub fn eval_sums(&self) -> Option<(Tensor<1>, Tensor<1>)> {
         let mut model = self.model.clone().no_grad();
         peft::set_dropout_active(&mut model, false);
-        let device = model.embed_tokens.device();
+        let device = model.device();
         let mut acc: Option<(Tensor<1>, Tensor<1>)> = None;
         for chunk in self.eval.chunks(self.opts.batch_size.max(1)) {
             let refs: Vec<&Example> = chunk.iter().collect();
@@ -337,7 +337,7 @@ impl Trainer {
     /// from the device: the loss and gradient norm come back as tensors, so a caller can read
     /// them synchronously (native) or asynchronously (a browser, where blocking is not allowed).
     pub fn step_pending(&mut self) -> Result<PendingStep, TrainError> {
-        let device = self.model.embed_tokens.device();
+        let device = self.model.device();
         // The step's micro-batches, and its target count (the loss's denominator).
         let mut micro = Vec::with_capacity(self.opts.grad_accum.max(1));
         for _ in 0..self.opts.grad_accum.max(1) {
@@ -460,7 +460,7 @@ impl Trainer {
             on_event(&event);
             Ok(())
         };
-        let device = self.model.embed_tokens.device();
+        let device = self.model.device();
         // The eval loss before any update, as the curve's starting point.
         if self.state.step == 0
             && let Some(eval_loss) = self.evaluate()

@@ -24,7 +24,7 @@ fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn logits(p: &Pretrained) -> Vec<f32> {
-    let device = p.model.embed_tokens.device();
+    let device = p.model.device();
     let ids = Tensor::<2, Int>::from_data(
         TensorData::new(vec![1i64, 17, 42, 255, 3, 99], [1, 6]),
         &device,
