@@ -15,14 +15,19 @@
 //!     [--steps N] [--quality-steps N] [--lr LR] [--qst-lr LR] [--methods lora,qst,qst-full]
 //! ```
 //! Methods: `lora`, `qst` (the side network checkpointed per layer, as the trainer runs it with
-//! activation checkpointing on) and `qst-full` (one graph over the whole side network: one
-//! forward less, every side layer's attention maps alive at once).
+//! activation checkpointing on), `qst-full` (one graph over the whole side network: one
+//! forward less, every side layer's attention maps alive at once) and `forward`: no training
+//! at all, only the frozen LLM's forward and loss over the same rows (the evaluation path). Any
+//! method that runs the LLM forward (QST does, once a step) pays at least this much time and
+//! memory, so `forward` measures the floor under QST's step time and peak.
 //! Each method runs in a child process of its own so that its peak memory is its own.
 
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::{Int, Tensor, TensorData};
 use wgtune::data::dataset::{DatasetOptions, load_dataset};
 use wgtune::device::{DeviceChoice, select};
 use wgtune::eval::Example;
@@ -88,6 +93,7 @@ fn prepare(pre: &mut Pretrained, method: &str) -> Result<LoraConfig> {
     };
     match method {
         "lora" => peft::attach(&mut pre.model, &lora, 0),
+        "forward" => {}
         "qst" | "qst-full" => {
             let device = pre.model.device();
             pre.model.side = Some(SideNetwork::init(
@@ -151,31 +157,54 @@ fn run_one(a: &Args, method: &str) -> Result<()> {
         activation_checkpointing: method != "qst-full",
         ..TrainOptions::default()
     };
-    let mut trainer = Trainer::new(pre.model, lora.clone(), rows, Vec::new(), opts)?;
+    let forward = method == "forward";
+    // `forward` has nothing to train: the frozen model's loss over the same batches instead.
+    let frozen = forward.then(|| (pre.model.clone().no_grad(), rows.clone()));
+    let mut trainer = (!forward)
+        .then(|| Trainer::new(pre.model, lora.clone(), rows, Vec::new(), opts))
+        .transpose()?;
     // From here VmHWM is the training's own peak (Linux: "5" resets the mark to the current RSS).
     let load_peak = peak_rss_bytes().unwrap_or(0);
     let train_mark = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let mut start = Instant::now();
     let mut timed = Vec::new();
     let mut peak_device = 0u64;
-    trainer.run(None, &mut |e| {
-        if let Event::Step(m) = e {
-            if m.step > 1 {
+    if let Some((model, rows)) = &frozen {
+        for (step, batch) in rows.chunks(a.batch).enumerate() {
+            let shape = [batch.len(), a.seq];
+            let ids = |f: fn(&Example) -> &Vec<i64>| {
+                let v: Vec<i64> = batch.iter().flat_map(|e| f(e).iter().copied()).collect();
+                Tensor::<2, Int>::from_data(TensorData::new(v, shape), &device)
+            };
+            let (sum, _) = model.loss_sum(ids(|e| &e.input_ids), ids(|e| &e.labels));
+            sum.into_scalar::<f32>();
+            if step > 0 {
                 timed.push(start.elapsed().as_secs_f64());
             }
             peak_device = peak_device.max(mem_bytes(&device));
             start = Instant::now();
         }
-    })?;
+    } else if let Some(trainer) = &mut trainer {
+        trainer.run(None, &mut |e| {
+            if let Event::Step(m) = e {
+                if m.step > 1 {
+                    timed.push(start.elapsed().as_secs_f64());
+                }
+                peak_device = peak_device.max(mem_bytes(&device));
+                start = Instant::now();
+            }
+        })?;
+    }
     let since_mark = peak_rss_bytes().unwrap_or(0);
     let peak_rss = load_peak.max(since_mark);
     let train_rss = if train_mark { since_mark } else { 0 };
-    drop(trainer);
+    drop((trainer, frozen));
     let step_s = timed.iter().sum::<f64>() / timed.len() as f64;
 
-    // Quality: the same data and steps for both methods.
+    // Quality: the same data and steps for both methods. `forward` reports the base model's
+    // loss (a fresh LoRA, B = 0, changes nothing) and trains nothing.
     let mut pre = load()?;
-    let lora = prepare(&mut pre, method)?;
+    let lora = prepare(&mut pre, if forward { "lora" } else { method })?;
     let data = |name: &str| -> Result<Vec<Example>> {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("data/quickstart")
@@ -210,7 +239,9 @@ fn run_one(a: &Args, method: &str) -> Result<()> {
     let mut trainer = Trainer::new(pre.model, lora, train, eval, opts)?;
     let before = trainer.evaluate().unwrap_or(f64::NAN);
     let q_start = Instant::now();
-    trainer.run(None, &mut |_| {})?;
+    if !forward {
+        trainer.run(None, &mut |_| {})?;
+    }
     let quality_s = q_start.elapsed().as_secs_f64();
     let after = trainer.evaluate().unwrap_or(f64::NAN);
     println!(
