@@ -172,8 +172,10 @@ pub fn attend(
 /// equal chunks as keep each within `budget` bytes (one row of `b·h·t` floats at the least; a
 /// chunk may pass the budget by less than a row, since the chunks are equal).
 pub fn attention_chunk_rows([b, h, s, t]: [usize; 4], budget: usize) -> usize {
-    let row_bytes = b * h * t * 4;
-    let chunks = (s * row_bytes).div_ceil(budget.max(1)).clamp(1, s.max(1));
+    // u64: on wasm32 a usize overflows past 4 GiB of scores (4 x 9 heads x 8192², say).
+    let row_bytes = b as u64 * h as u64 * t as u64 * 4;
+    let chunks = (s as u64 * row_bytes).div_ceil(budget.max(1) as u64);
+    let chunks = chunks.clamp(1, s.max(1) as u64) as usize;
     s.div_ceil(chunks).max(1)
 }
 
