@@ -96,8 +96,8 @@ pub fn check_model(
 /// logits (the loss runs the LM head a chunk of positions at a time,
 /// [`crate::model::head_chunk_rows`]; their softmax and gradient are the same size), a chunk of
 /// the attention scores (attention runs a chunk of query rows at a time,
-/// [`crate::model::attention::attention_chunk_rows`]) and the MLP's `[b, s, intermediate]`
-/// activations, which nothing splits.
+/// [`crate::model::attention::attention_chunk_rows`]), the `[s, s]` causal mask all layers share
+/// and the MLP's `[b, s, intermediate]` activations, which nothing splits.
 pub fn check_step(
     config: &LlamaConfig,
     batch: usize,
@@ -123,6 +123,12 @@ pub fn check_step(
             ),
             bytes: b * heads as u64 * query_rows * s * 4,
             hint: "Lower the batch size or the max length.",
+        },
+        Need {
+            // Booleans are u32 on burn's wgpu backend (measured: a 4096² mask takes 64 MiB).
+            what: format!("The causal mask ({s} x {s}, 4-byte booleans)"),
+            bytes: s * s * 4,
+            hint: "Lower the max length.",
         },
         Need {
             what: format!("A step's MLP activations ({b} x {s} x {inter}, f32)"),
@@ -183,6 +189,13 @@ mod tests {
         );
         assert!(err.contains("64.0 MiB over"), "{err}");
         assert!(err.contains("Lower the batch size"), "{err}");
+        // 6144² x 4 bytes = 144 MiB of mask: over by 16 MiB.
+        let err = check_step(&c, 1, 6144, &DEFAULT).unwrap_err();
+        assert!(
+            err.starts_with("The causal mask (6144 x 6144, 4-byte booleans) needs 144.0 MiB"),
+            "{err}"
+        );
+        assert!(err.contains("16.0 MiB over"), "{err}");
         // One query row of scores past the limit: 1 x 9 heads x 4M keys x 4 bytes = 144 MiB.
         let err = check_step(&c, 1, 1 << 22, &DEFAULT).unwrap_err();
         assert!(
