@@ -159,18 +159,28 @@ fn run_one(a: &Args, method: &str) -> Result<()> {
     };
     let forward = method == "forward";
     // `forward` has nothing to train: the frozen model's loss over the same batches instead.
-    let frozen = forward.then(|| (pre.model.clone().no_grad(), rows.clone()));
-    let mut trainer = (!forward)
-        .then(|| Trainer::new(pre.model, lora.clone(), rows, Vec::new(), opts))
-        .transpose()?;
+    let (frozen, mut trainer) = if forward {
+        (Some((pre.model.no_grad(), rows)), None)
+    } else {
+        let trainer = Trainer::new(pre.model, lora.clone(), rows, Vec::new(), opts)?;
+        (None, Some(trainer))
+    };
     // From here VmHWM is the training's own peak (Linux: "5" resets the mark to the current RSS).
     let load_peak = peak_rss_bytes().unwrap_or(0);
     let train_mark = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let mut start = Instant::now();
     let mut timed = Vec::new();
     let mut peak_device = 0u64;
+    // After step `step` (1-based; the first is a warmup and not timed).
+    let mut tick = |step: u64| {
+        if step > 1 {
+            timed.push(start.elapsed().as_secs_f64());
+        }
+        peak_device = peak_device.max(mem_bytes(&device));
+        start = Instant::now();
+    };
     if let Some((model, rows)) = &frozen {
-        for (step, batch) in rows.chunks(a.batch).enumerate() {
+        for (step, batch) in (1..).zip(rows.chunks(a.batch)) {
             let shape = [batch.len(), a.seq];
             let ids = |f: fn(&Example) -> &Vec<i64>| {
                 let v: Vec<i64> = batch.iter().flat_map(|e| f(e).iter().copied()).collect();
@@ -178,20 +188,12 @@ fn run_one(a: &Args, method: &str) -> Result<()> {
             };
             let (sum, _) = model.loss_sum(ids(|e| &e.input_ids), ids(|e| &e.labels));
             sum.into_scalar::<f32>();
-            if step > 0 {
-                timed.push(start.elapsed().as_secs_f64());
-            }
-            peak_device = peak_device.max(mem_bytes(&device));
-            start = Instant::now();
+            tick(step);
         }
     } else if let Some(trainer) = &mut trainer {
         trainer.run(None, &mut |e| {
             if let Event::Step(m) = e {
-                if m.step > 1 {
-                    timed.push(start.elapsed().as_secs_f64());
-                }
-                peak_device = peak_device.max(mem_bytes(&device));
-                start = Instant::now();
+                tick(m.step);
             }
         })?;
     }
