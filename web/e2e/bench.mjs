@@ -7,12 +7,16 @@
 //
 // Env: WGTUNE (binary), MODEL, STEPS (5), BATCH (1), MAX_LEN (128), R (16), QUANT (nf4),
 // ROWS (all 400 quickstart rows), REPEAT (1: the rows that many times over), EVAL_SHARE (0.01),
-// LOAD_ONLY (set: stop after the load), PREPARE_ONLY (set: stop once the run is ready).
+// DEVICE_ONLY (set: print the WebGPU adapter and stop), LOAD_ONLY (set: stop after the load),
+// PREPARE_ONLY (set: stop once the run is ready), SCREENSHOT (a .png path: the trained page),
+// NATIVE (wgpu or cpu: then the same run in `wgtune train` on that device, and the ratio).
+//
+// On a GPU machine without network or browser: web/e2e/gpu-bundle.sh packs, carries and runs it.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launch, startServer, watchConsole } from './browser.mjs';
+import { launch, nativeTrain, startServer, steadySpeed, watchConsole } from './browser.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -30,7 +34,18 @@ try {
   watchConsole(page, problems);
   await page.goto(url);
   await page.waitForFunction(() => window.wgtune.ready || window.wgtune.error, null, { timeout: 120000 });
-  console.log('device:', JSON.stringify(await page.evaluate(() => window.wgtune.device)));
+  console.log('device:', JSON.stringify(await page.evaluate(() => window.wgtune.device ?? window.wgtune.error)));
+  if (!env.DEVICE_ONLY) {
+    await load(page);
+    if (!env.LOAD_ONLY) await train(page);
+  }
+  if (problems.length > 0) console.log(`${problems.length} console errors`);
+  await browser.close();
+} finally {
+  server.kill();
+}
+
+async function load(page) {
   await page.selectOption('#quant', env.QUANT ?? 'nf4');
   const t0 = Date.now();
   await page.click('#load-default');
@@ -47,11 +62,6 @@ try {
       `${ms(pieces[1])}, layers ${ms(layers[0])}-${ms(layers[layers.length - 1])} ` +
       `(median ${ms(layers[layers.length >> 1])}), norm ${ms(pieces[pieces.length - 1])}`);
   }
-  if (!env.LOAD_ONLY) await train(page);
-  if (problems.length > 0) console.log(`${problems.length} console errors`);
-  await browser.close();
-} finally {
-  server.kill();
 }
 
 async function train(page) {
@@ -60,12 +70,15 @@ async function train(page) {
   const text = Array(Number(env.REPEAT ?? 1)).fill(picked.join('\n')).join('\n');
   // Set directly: typing megabytes through fill() takes Playwright minutes.
   await page.$eval('#dataset', (el, v) => { el.value = v; }, text);
-  await page.fill('#steps', String(STEPS));
-  await page.fill('#batch', env.BATCH ?? '1');
-  await page.fill('#max-len', env.MAX_LEN ?? '128');
-  await page.fill('#r', env.R ?? '16');
-  await page.fill('#alpha', String(2 * Number(env.R ?? 16)));
-  await page.fill('#lr', '0.0002');
+  const r = Number(env.R ?? 16);
+  const settings = { r, alpha: 2 * r, lr: 0.0002, steps: STEPS, maxLen: Number(env.MAX_LEN ?? 128),
+    batch: Number(env.BATCH ?? 1) };
+  await page.fill('#steps', String(settings.steps));
+  await page.fill('#batch', String(settings.batch));
+  await page.fill('#max-len', String(settings.maxLen));
+  await page.fill('#r', String(settings.r));
+  await page.fill('#alpha', String(settings.alpha));
+  await page.fill('#lr', String(settings.lr));
   // A few rows for the eval: a forward over all 400 takes long on a software adapter.
   await page.fill('#eval-fraction', env.EVAL_SHARE ?? '0.01');
   await page.click('#train');
@@ -96,11 +109,19 @@ async function train(page) {
   const st = await page.evaluate(() => ({ steps: window.wgtune.steps, error: window.wgtune.error,
     before: window.wgtune.evalBefore, after: window.wgtune.evalAfter }));
   if (st.error) throw new Error(st.error);
-  const steady = st.steps.slice(1);
-  const secs = steady.reduce((a, s) => a + s.ms, 0) / 1000;
-  if (steady.length > 0) {
-    console.log(`steady state: ${(steady.length / secs).toFixed(3)} steps/s, ` +
-      `${(steady.reduce((a, s) => a + s.tokens, 0) / secs).toFixed(1)} tokens/s; ` +
-      `eval ${st.before.loss.toFixed(4)} -> ${st.after.loss.toFixed(4)} (${st.before.tokens} tokens)`);
-  }
+  if (env.SCREENSHOT) await page.screenshot({ path: env.SCREENSHOT, fullPage: true });
+  if (st.steps.length < 2) return;
+  const speed = steadySpeed(st.steps);
+  console.log(`steady state: ${speed.steps_per_s.toFixed(3)} steps/s, ${speed.tokens_per_s.toFixed(1)} tokens/s; ` +
+    `eval ${st.before.loss.toFixed(4)} -> ${st.after.loss.toFixed(4)} (${st.before.tokens} tokens)`);
+  if (!env.NATIVE) return;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wgtune-bench-'));
+  fs.writeFileSync(path.join(dir, 'train.jsonl'), `${text}\n`);
+  const native = nativeTrain(WGTUNE, { model: MODEL, data: path.join(dir, 'train.jsonl'), out: path.join(dir, 'out'),
+    settings, quant: env.QUANT ?? 'nf4', evalSplit: env.EVAL_SHARE ?? '0.01', device: env.NATIVE });
+  const worst = Math.max(...native.losses.map((l, i) => Math.abs(l - st.steps[i].loss)));
+  console.log(`native (wgtune train --device ${env.NATIVE}): ${native.steps_per_s.toFixed(3)} steps/s, ` +
+    `${native.tokens_per_s.toFixed(1)} tokens/s; page / native ${(speed.steps_per_s / native.steps_per_s).toFixed(2)}x; ` +
+    `loss curves differ by at most ${worst.toExponential(2)} over ${native.losses.length} steps`);
+  fs.rmSync(dir, { recursive: true, force: true });
 }

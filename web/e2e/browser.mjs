@@ -1,7 +1,10 @@
-// What the browser test and the browser benchmark share: `wgtune serve-web` on a free port, and
-// Debian's Chromium launched headless (with WebGPU on SwiftShader, or without the flag).
+// What the browser test and the browser benchmark share: `wgtune serve-web` on a free port,
+// Chromium launched headless (Debian's, or CHROMIUM; with WebGPU, or without the flag), the
+// steady-state speed of a run, and the same run in the native binary.
 import { chromium } from 'playwright-core';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 
 export function startServer(wgtune, webDir, model) {
   const server = spawn(wgtune, ['serve-web', '--port', '0', '--dir', webDir, '--model', model],
@@ -39,3 +42,35 @@ export function watchConsole(page, problems) {
   page.on('pageerror', (e) => { problems.push(String(e)); console.log(`[page error] ${e}`); });
 }
 
+// Steady-state speed of a run's steps (`{ ms, tokens }` each): the first step compiles the
+// pipelines, so it is left out.
+export function steadySpeed(steps) {
+  const steady = steps.slice(1);
+  const secs = steady.reduce((a, s) => a + s.ms, 0) / 1000;
+  return { steps_per_s: steady.length / secs, tokens_per_s: steady.reduce((a, s) => a + s.tokens, 0) / secs };
+}
+
+// `wgtune train` with the page's settings (`{ r, alpha, lr, steps, maxLen, batch }`, plus the
+// page's fixed ones: no dropout, every linear layer, constant rate, seed 42) on `device`;
+// returns its speed (as steadySpeed), its losses and its wall time.
+export function nativeTrain(wgtune, { model, data, out, settings, quant = 'nf4', evalSplit = 0, device = 'wgpu' }) {
+  fs.rmSync(out, { recursive: true, force: true });
+  const start = Date.now();
+  const r = spawnSync(wgtune, ['train', '--model', model, '--data', data, '--out', out, '--device', device,
+    '--quant', quant, '--lora-r', String(settings.r), '--lora-alpha', String(settings.alpha),
+    '--lora-dropout', '0', '--target-modules', 'all-linear', '--lr', String(settings.lr),
+    '--schedule', 'constant', '--warmup-steps', '0', '--weight-decay', '0', '--max-grad-norm', '1',
+    '--batch-size', String(settings.batch), '--steps', String(settings.steps),
+    '--max-len', String(settings.maxLen), '--eval-split', String(evalSplit), '--seed', '42'],
+  { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  if (r.status !== 0) throw new Error(`wgtune train failed (${r.status}):\n${r.stderr}`);
+  const wall = (Date.now() - start) / 1000;
+  const metrics = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n')
+    .map((l) => JSON.parse(l)).filter((m) => m.step !== undefined && m.loss !== undefined);
+  // metrics.jsonl keeps running totals and each step's rate: back out each step's tokens and time.
+  const steps = metrics.map((m, i) => {
+    const tokens = m.tokens - (i > 0 ? metrics[i - 1].tokens : 0);
+    return { tokens, ms: (1000 * tokens) / m.tokens_per_s };
+  });
+  return { ...steadySpeed(steps), wall_s: wall, losses: metrics.map((m) => m.loss) };
+}

@@ -17,7 +17,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launch, startServer, watchConsole } from './browser.mjs';
+import { launch, nativeTrain, startServer, steadySpeed, watchConsole } from './browser.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -174,12 +174,8 @@ async function main() {
     check(last < first * 0.8, `loss fell: first 4 steps ${first.toFixed(4)} -> last 4 ${last.toFixed(4)}`);
     check(st.evalAfter.loss < st.evalBefore.loss,
       `eval loss fell: ${st.evalBefore.loss.toFixed(4)} -> ${st.evalAfter.loss.toFixed(4)}`);
-    // Steady-state speed: the first step compiles the pipelines.
-    const steady = st.steps.slice(1);
-    const stepSecs = steady.reduce((a, s) => a + s.ms, 0) / 1000;
     results.page = {
-      steps_per_s: steady.length / stepSecs,
-      tokens_per_s: steady.reduce((a, s) => a + s.tokens, 0) / stepSecs,
+      ...steadySpeed(st.steps),
       first_step_ms: st.steps[0].ms,
       train_wall_s: trainWall,
       losses, eval_before: st.evalBefore.loss, eval_after: st.evalAfter.loss,
@@ -258,28 +254,11 @@ async function main() {
     results.native_eval = evalOut.loss;
 
     // --- The same run natively on llvmpipe: speed, and the loss curve.
-    const nativeOut = path.join(OUT, 'native-run');
-    fs.rmSync(nativeOut, { recursive: true, force: true });
-    const nativeStart = Date.now();
-    wgtune(['train', '--model', modelDir, '--data', dataPath, '--out', nativeOut, '--device', 'wgpu',
-      '--quant', 'nf4', '--lora-r', String(SETTINGS.r), '--lora-alpha', String(SETTINGS.alpha),
-      '--lora-dropout', '0', '--target-modules', 'all-linear', '--lr', String(SETTINGS.lr),
-      '--schedule', 'constant', '--warmup-steps', '0', '--weight-decay', '0', '--max-grad-norm', '1',
-      '--batch-size', String(SETTINGS.batch), '--steps', String(SETTINGS.steps),
-      '--max-len', String(SETTINGS.maxLen), '--eval-split', '0', '--seed', '42']);
-    const nativeWall = (Date.now() - nativeStart) / 1000;
-    const metrics = fs.readFileSync(path.join(nativeOut, 'metrics.jsonl'), 'utf8').trim().split('\n')
-      .map((l) => JSON.parse(l)).filter((m) => m.step !== undefined && m.loss !== undefined);
-    const nativeLosses = metrics.map((m) => m.loss);
+    const native = nativeTrain(WGTUNE, { model: modelDir, data: dataPath, out: path.join(OUT, 'native-run'),
+      settings: SETTINGS });
+    const nativeLosses = native.losses;
     const worst = Math.max(...nativeLosses.map((l, i) => Math.abs(l - losses[i])));
-    const stepTokens = metrics.map((m, i) => m.tokens - (i > 0 ? metrics[i - 1].tokens : 0));
-    const stepSecsNative = metrics.map((m, i) => stepTokens[i] / m.tokens_per_s);
-    const nSecs = stepSecsNative.slice(1).reduce((a, b) => a + b, 0);
-    results.native = {
-      steps_per_s: (metrics.length - 1) / nSecs,
-      tokens_per_s: stepTokens.slice(1).reduce((a, b) => a + b, 0) / nSecs,
-      wall_s: nativeWall, losses: nativeLosses, worst_loss_diff: worst,
-    };
+    results.native = { ...native, worst_loss_diff: worst };
     check(nativeLosses.length === losses.length && worst < 1e-3,
       `native llvmpipe run follows the page's loss curve (worst step diff ${worst.toExponential(2)})`);
 
