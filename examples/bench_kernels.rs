@@ -8,7 +8,10 @@
 //! 2048 rows, it measures `Y = X W^T` three ways: the fused WGSL kernel, the WGSL dequantize
 //! followed by burn's matmul, and burn's dense f32 matmul on the unquantized weight. It prints
 //! GFLOP/s, the ratios fused/dense and fused/dequant+matmul, which 4-bit path wins (the choice
-//! `wgtune::ops::dispatch` encodes), and the bytes of the weight in NF4 vs f32.
+//! `wgtune::ops::dispatch` encodes), and the bytes of the weight in NF4 vs f32. First it times
+//! each path on a 64x64 weight and one row, work too small to matter: the cost of a call as
+//! such (launches, bindings, synchronization), the floor under the small shapes' times (with
+//! `--json`: `floor_us`, [fused, dequant+matmul, dense], on every line).
 
 use std::time::{Duration, Instant};
 
@@ -118,6 +121,27 @@ fn time(device: &Device, out_bytes: usize, mut f: impl FnMut() -> Tensor<2>) -> 
     samples[samples.len() / 2]
 }
 
+/// Seconds per call of the fused kernel, dequantize+matmul and the dense matmul on a 64x64
+/// weight and one row: what a call costs whatever its work.
+fn call_floor(device: &Device) -> [f64; 3] {
+    let (k, n) = (64, 64);
+    let w = random(n * k, 7);
+    let q = QuantizedTensor::quantize(&w, &[n, k], QuantConfig::default()).expect("quantize");
+    let qw = QWeight::upload(&q, device);
+    let wt = Tensor::<2>::from_data(TensorData::new(transpose(&w, n, k), [k, n]), device);
+    let x = Tensor::<2>::from_data(TensorData::new(random(k, 1), [1, k]), device);
+    let bytes = n * 4;
+    [
+        time(device, bytes, || {
+            ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::Fused)
+        }),
+        time(device, bytes, || {
+            ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::DequantMatmul)
+        }),
+        time(device, bytes, || x.clone().matmul(wt.clone())),
+    ]
+}
+
 fn main() {
     let args = parse_args();
     let device = match args.device.as_str() {
@@ -134,10 +158,17 @@ fn main() {
         "large" => &[(4096, 11008)],
         _ => &[(576, 1536), (4096, 4096), (4096, 11008)],
     };
+    let floor = call_floor(&device);
     if !args.json {
         println!("device: {adapter}");
         println!(
-            "{:>5} {:>5} {:>6} | {:>9} {:>9} {:>9} | {:>11} {:>13} | chosen",
+            "per-call floor (64x64 weight, 1 row): fused {:.1} µs, deq+mm {:.1} µs, dense {:.1} µs",
+            floor[0] * 1e6,
+            floor[1] * 1e6,
+            floor[2] * 1e6
+        );
+        println!(
+            "{:>5} {:>5} {:>6} | {:>9} {:>9} {:>9} | {:>11} {:>13} | chosen | µs fused / deq+mm / dense",
             "M", "K", "N", "fused", "deq+mm", "dense", "fused/dense", "fused/deq+mm"
         );
     }
@@ -197,19 +228,29 @@ fn main() {
             let best = Some(fused.map_or(deq, |f| f.max(deq)));
             if args.json {
                 println!(
-                    "{{\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"chosen\":\"{chosen}\",\"dequant_gbps\":{},\"adapter\":\"{adapter}\"}}",
+                    "{{\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"chosen\":\"{chosen}\",\"dequant_gbps\":{},\"floor_us\":[{:.2},{:.2},{:.2}],\"adapter\":\"{adapter}\"}}",
                     json(fused),
                     json(dense),
-                    json(dequant_gbps)
+                    json(dequant_gbps),
+                    floor[0] * 1e6,
+                    floor[1] * 1e6,
+                    floor[2] * 1e6
                 );
             } else {
+                // Microseconds per call: set against the floor above.
+                let us = |g: Option<f64>| {
+                    g.map_or("-".to_string(), |g| format!("{:.1}", flops / g * 1e6))
+                };
                 println!(
-                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {:>9} | {:>11} {:>13} | {chosen} (chosen/dense {})",
+                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {:>9} | {:>11} {:>13} | {chosen} (chosen/dense {}) | µs {} / {} / {}",
                     fmt(fused),
                     fmt(dense),
                     fmt(ratio(fused, dense)),
                     fmt(fused.map(|f| f / deq)),
-                    fmt(ratio(best, dense))
+                    fmt(ratio(best, dense)),
+                    us(fused),
+                    us(Some(deq)),
+                    us(dense)
                 );
             }
         }
