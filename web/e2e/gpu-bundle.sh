@@ -139,7 +139,12 @@ status() {
   local f size sum call have=() missing=()
   while read -r f size sum call; do
     [[ $f == "#" ]] && continue
-    if [[ -f $STORE/$f ]] && [[ $(stat -c %s "$STORE/$f") == "$size" ]]; then have+=("$f"); else missing+=("$f (call $call)"); fi
+    if [[ -f $STORE/$f && $(stat -c %s "$STORE/$f") == "$size" ]] &&
+      [[ $(sha256sum "$STORE/$f" | cut -d' ' -f1) == "$sum" ]]; then
+      have+=("$f")
+    else
+      missing+=("$f (call $call)")
+    fi
   done <"$STORE/MANIFEST"
   echo "stored: ${have[*]:-nothing}"
   echo "to come: ${missing[*]:-nothing}"
@@ -156,6 +161,7 @@ gpu_env() {
 kernels() {
   [[ -f $STORE/native.tar.xz ]] || die "native.tar.xz is not stashed yet"
   gpu_env
+  rm -rf "$STORE/native"
   mkdir -p "$STORE/native"
   unxz_stream <"$STORE/native.tar.xz" | tar -x -C "$STORE/native"
   local i
@@ -180,14 +186,15 @@ browser() {
   }
   gpu_env
   local b=$STORE/browser
-  if [[ ! -x $b/chromium/chromium ]]; then
-    rm -rf "$b"
-    mkdir -p "$b"
-    cat "$STORE"/browser.tar.xz.* | unxz_stream | tar -x -C "$b"
-  fi
-  if [[ ! -x $STORE/native/wgtune ]]; then
-    mkdir -p "$STORE/native"
+  # Unpacked once per MANIFEST: a later pack's pieces replace an earlier one's.
+  if ! cmp -s "$STORE/MANIFEST" "$b/MANIFEST"; then
+    rm -rf "$b" "$STORE/native"
+    mkdir -p "$b" "$STORE/native"
+    local pieces
+    mapfile -t pieces < <(awk -v d="$STORE" '$1 ~ /^browser/ { print d "/" $1 }' "$STORE/MANIFEST")
+    cat "${pieces[@]}" | unxz_stream | tar -x -C "$b"
     unxz_stream <"$STORE/native.tar.xz" | tar -x -C "$STORE/native"
+    cp "$STORE/MANIFEST" "$b/MANIFEST"
   fi
   printf '<?xml version="1.0"?>\n<fontconfig><dir>%s</dir><cachedir>%s</cachedir></fontconfig>\n' \
     "$b/chromium/fonts" "$STORE/fonts-cache" >"$b/chromium/fonts.conf"
