@@ -182,18 +182,22 @@ fn main() {
             .then(|| Tensor::<2>::from_data(TensorData::new(wt, [k, n]), &device));
         // The dequantization alone, as bytes moved (4-bit read + f32 written) per second; it is
         // one f32 buffer, so it runs where the dense weight fits.
-        let dequant_gbps = dense_t.is_some().then(|| {
-            (qw.size_bytes() + n * k * 4) as f64
-                / 1e9
-                / time(&device, n * k * 4, || ops::dequantize(&qw))
-        });
+        let dequant_s = dense_t
+            .is_some()
+            .then(|| time(&device, n * k * 4, || ops::dequantize(&qw)));
+        let dequant_gbps = dequant_s.map(|t| (qw.size_bytes() + n * k * 4) as f64 / 1e9 / t);
         if !args.json {
             println!(
-                "weight {k}x{n}: NF4 {} bytes on device vs f32 {} bytes ({:.2}x smaller); dequantize alone {} GB/s",
+                "weight {k}x{n}: NF4 {} bytes on device vs f32 {} bytes ({:.2}x smaller); dequantize alone {}",
                 qw.size_bytes(),
                 n * k * 4,
                 (n * k * 4) as f64 / qw.size_bytes() as f64,
-                dequant_gbps.map_or("-".to_string(), |g| format!("{g:.1}"))
+                dequant_s
+                    .zip(dequant_gbps)
+                    .map_or("-".to_string(), |(t, g)| format!(
+                        "{g:.1} GB/s, {:.1} µs",
+                        t * 1e6
+                    ))
             );
         }
         for m in [1usize, 8, 128, 512, 2048] {
