@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launch, nativeTrain, startServer, steadySpeed, watchConsole } from './browser.mjs';
+import { fillSettings, launch, nativeTrain, startServer, steadySpeed, watchConsole } from './browser.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -73,14 +73,8 @@ async function train(page) {
   const r = Number(env.R ?? 16);
   const settings = { r, alpha: 2 * r, lr: 0.0002, steps: STEPS, maxLen: Number(env.MAX_LEN ?? 128),
     batch: Number(env.BATCH ?? 1) };
-  await page.fill('#steps', String(settings.steps));
-  await page.fill('#batch', String(settings.batch));
-  await page.fill('#max-len', String(settings.maxLen));
-  await page.fill('#r', String(settings.r));
-  await page.fill('#alpha', String(settings.alpha));
-  await page.fill('#lr', String(settings.lr));
   // A few rows for the eval: a forward over all 400 takes long on a software adapter.
-  await page.fill('#eval-fraction', env.EVAL_SHARE ?? '0.01');
+  await fillSettings(page, settings, env.EVAL_SHARE ?? '0.01');
   await page.click('#train');
   await page.waitForFunction(() => window.wgtune.run || window.wgtune.error, null, { timeout: 1200000 });
   const prep = await page.evaluate(() => ({ p: window.wgtune.preparing, run: window.wgtune.run }));

@@ -42,6 +42,14 @@ export function watchConsole(page, problems) {
   page.on('pageerror', (e) => { problems.push(String(e)); console.log(`[page error] ${e}`); });
 }
 
+// The Train section's fields from `settings` (`{ r, alpha, lr, steps, maxLen, batch }`, the
+// shape nativeTrain takes) and the eval share.
+export async function fillSettings(page, settings, evalShare) {
+  const fields = { '#r': settings.r, '#alpha': settings.alpha, '#lr': settings.lr, '#steps': settings.steps,
+    '#max-len': settings.maxLen, '#batch': settings.batch, '#eval-fraction': evalShare };
+  for (const [id, value] of Object.entries(fields)) await page.fill(id, String(value));
+}
+
 // Steady-state speed of a run's steps (`{ ms, tokens }` each): the first step compiles the
 // pipelines, so it is left out.
 export function steadySpeed(steps) {

@@ -17,7 +17,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launch, nativeTrain, startServer, steadySpeed, watchConsole } from './browser.mjs';
+import { fillSettings, launch, nativeTrain, startServer, steadySpeed, watchConsole } from './browser.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -150,13 +150,7 @@ async function main() {
     check(model && model.has_tokenizer && model.quant === 'nf4', `picked files loaded as NF4: ${model?.name}`);
 
     await page.fill('#dataset', fs.readFileSync(dataPath, 'utf8'));
-    await page.fill('#r', String(SETTINGS.r));
-    await page.fill('#alpha', String(SETTINGS.alpha));
-    await page.fill('#lr', String(SETTINGS.lr));
-    await page.fill('#steps', String(SETTINGS.steps));
-    await page.fill('#max-len', String(SETTINGS.maxLen));
-    await page.fill('#batch', String(SETTINGS.batch));
-    await page.fill('#eval-fraction', '0');
+    await fillSettings(page, SETTINGS, 0);
     const trainStart = Date.now();
     await page.click('#train');
     await page.waitForFunction(() => window.wgtune.trained || window.wgtune.error, null, { timeout: 900000 });
