@@ -78,11 +78,12 @@ impl ModelFormat {
         if path.is_dir() {
             return Ok(ModelFormat::HfDir);
         }
-        let mut magic = [0u8; 4];
+        // A file shorter than the magic is simply not a model, not an I/O failure.
+        let mut magic = Vec::with_capacity(4);
         std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 4), &mut magic))
             .map_err(|e| LoadError::Io(crate::io::os_err(path)(e)))?;
-        if &magic == b"GGUF" {
+        if magic == b"GGUF" {
             Ok(ModelFormat::Gguf)
         } else {
             Err(PretrainedError::UnknownFormat(path.to_path_buf()))
@@ -508,4 +509,34 @@ struct NoBar;
 impl NoBar {
     fn inc(&self, _n: u64) {}
     fn finish_and_clear(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty or short file is "not a model", not an I/O error about filling a buffer.
+    #[test]
+    fn short_and_foreign_files_are_not_models() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in [
+            ("empty.gguf", &b""[..]),
+            ("short.gguf", &b"GGU"[..]),
+            ("text.gguf", &b"hello world"[..]),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let err = ModelFormat::detect(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(name) && err.contains("not a model"),
+                "{name}: {err}"
+            );
+        }
+        let gguf = dir.path().join("magic.gguf");
+        std::fs::write(&gguf, b"GGUF").unwrap();
+        assert_eq!(ModelFormat::detect(&gguf).unwrap(), ModelFormat::Gguf);
+        let missing = dir.path().join("missing.gguf");
+        let err = ModelFormat::detect(&missing).unwrap_err().to_string();
+        assert!(err.contains("missing.gguf"), "{err}");
+    }
 }
