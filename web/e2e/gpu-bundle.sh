@@ -19,8 +19,9 @@
 # backend on the driver that VK_DRIVER_FILES names.
 #
 # Env: STORE (/root/.cache/wgtune-gpu), OUT (logs and screenshot; default $STORE/out),
-# CARRY_MIB (60), WASM_TARGET_DIR (~/.cache/wgtune-wasm-target), MODEL (pack: the model to
-# bundle, SmolLM2-135M-Instruct's GGUF; browser: the model to serve, the bundled one),
+# CARRY_MIB (60), ALLOW_DIRTY (pack: set to pack uncommitted changes; MANIFEST names the commit
+# and the runs print it), WASM_TARGET_DIR (~/.cache/wgtune-wasm-target), MODEL (pack: the model
+# to bundle, SmolLM2-135M-Instruct's GGUF; browser: the model to serve, the bundled one),
 # STEPS (20), BATCH (4), MAX_LEN (128), KERNEL_RUNS (2), KERNEL_ARGS (--dense-limit-mib 2048),
 # VK_DRIVER_FILES (NVIDIA's ICD under /usr/local/nvidia when unset), ALLOW_SOFTWARE (set: bench
 # the page on SwiftShader when no GPU adapter turns up, to try the script without a GPU).
@@ -78,6 +79,11 @@ pack() {
   CARGO_TARGET_DIR=${WASM_TARGET_DIR:-$HOME/.cache/wgtune-wasm-target} bash web/build.sh
   (cd web/e2e && npm ci --no-audit --no-fund --loglevel=error)
 
+  # The results name the commit they measured; uncommitted changes would make that a lie.
+  local commit
+  commit=$(git describe --always --dirty --abbrev=12)
+  [[ $commit != *-dirty || -n ${ALLOW_DIRTY:-} ]] || die "uncommitted changes: commit first (or ALLOW_DIRTY=1)"
+
   local stage
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' RETURN
@@ -108,6 +114,7 @@ pack() {
   (
     cd "$dir"
     echo "# file size sha256 call: carry each call's files with MANIFEST (and .gl for the GPU)" >MANIFEST
+    echo "# packed from $commit" >>MANIFEST
     local f call
     for f in native.tar.xz browser.tar.xz.*; do
       call=1
@@ -151,7 +158,10 @@ status() {
 gpu_env() {
   local nvidia=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   if [[ -z ${VK_DRIVER_FILES:-} && -f $nvidia ]]; then export VK_DRIVER_FILES=$nvidia; fi
+  # Vulkan loaders before 1.3.207 (Chromium may bring one) know only the older name.
+  if [[ -n ${VK_DRIVER_FILES:-} ]]; then export VK_ICD_FILENAMES=$VK_DRIVER_FILES; fi
   mkdir -p "$OUT"
+  { grep '^# packed from' "$STORE/MANIFEST" || echo '# packed from an unnamed commit'; } | tee "$OUT/commit.txt"
   export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 }
 
