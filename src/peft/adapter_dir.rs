@@ -87,7 +87,12 @@ impl AdapterFile {
     pub fn read(dir: &Path) -> Result<Self, AdapterError> {
         let config_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&config_path).map_err(io::os_err(&config_path))?;
-        let (config, base_model) = parse_config(&text, &config_path)?;
+        let Parsed {
+            config,
+            base_model,
+            layers,
+            exclude,
+        } = parse_config(&text, &config_path)?;
         let weights_path = dir.join(WEIGHTS_FILE);
         let ckpt = Checkpoint::open(&weights_path)?;
         let mut halves: BTreeMap<String, [Option<Half>; 2]> = BTreeMap::new();
@@ -155,6 +160,48 @@ impl AdapterFile {
                 path: weights_path,
                 reason: "no LoRA weights in the file".to_string(),
             });
+        }
+        // PEFT builds LoRA layers from the config and ignores weights it built none for: a
+        // module the config does not cover would be applied here and dropped there.
+        for prefix in modules.keys() {
+            let mismatch = |reason: String| AdapterError::Mismatch {
+                path: weights_path.clone(),
+                reason: format!("{prefix}: {reason}"),
+            };
+            let (layer, target) = split_module(prefix).ok_or_else(|| {
+                mismatch(format!(
+                    "not a projection of a decoder layer ({})",
+                    TargetModule::ALL.map(TargetModule::name).join(", ")
+                ))
+            })?;
+            if !config.targets.contains(&target) {
+                let listed: Vec<&str> = config.targets.iter().map(|t| t.name()).collect();
+                return Err(mismatch(format!(
+                    "{CONFIG_FILE}'s target_modules [{}] leave out {}, so PEFT would not load \
+                     these weights",
+                    listed.join(", "),
+                    target.name()
+                )));
+            }
+            // PEFT's module name for this prefix, which exclude_modules is matched against.
+            let name = &prefix["base_model.model.".len()..];
+            if let Some(x) = exclude
+                .iter()
+                .find(|x| name == x.as_str() || name.ends_with(&format!(".{x}")))
+            {
+                return Err(mismatch(format!(
+                    "{CONFIG_FILE}'s exclude_modules name {x:?}, so PEFT would not load these \
+                     weights"
+                )));
+            }
+            if let Some(layers) = &layers
+                && !layers.contains(&layer)
+            {
+                return Err(mismatch(format!(
+                    "layer {layer} is not in {CONFIG_FILE}'s layers_to_transform {layers:?}, so \
+                     PEFT would not load these weights"
+                )));
+            }
         }
         Ok(AdapterFile {
             dir: dir.to_path_buf(),
@@ -227,25 +274,89 @@ fn split_key(name: &str) -> Option<(String, usize)> {
     Some((prefix.to_string(), half))
 }
 
+/// `base_model.model.model.layers.{i}.{target path}` -> `(i, target)`.
+fn split_module(prefix: &str) -> Option<(usize, TargetModule)> {
+    let rest = prefix.strip_prefix("base_model.model.model.layers.")?;
+    let (layer, path) = rest.split_once('.')?;
+    let target = TargetModule::ALL.into_iter().find(|t| t.path() == path)?;
+    Some((layer.parse().ok()?, target))
+}
+
+/// What `adapter_config.json` says that reading the weights needs.
+struct Parsed {
+    config: LoraConfig,
+    base_model: Option<String>,
+    /// `layers_to_transform`: the only layers PEFT puts adapters on (`None`: all).
+    layers: Option<BTreeSet<usize>>,
+    /// `exclude_modules`: names of modules PEFT puts no adapter on.
+    exclude: Vec<String>,
+}
+
+/// The top-level fields of a JSON config, typed: absent or `null` is `None` (the reader's
+/// default), another JSON type than the one wanted is an error naming the field and the file.
+struct Fields<'a> {
+    v: &'a Value,
+    path: &'a Path,
+}
+
+impl<'a> Fields<'a> {
+    fn get(
+        &self,
+        key: &str,
+        kind: &str,
+        accept: impl Fn(&Value) -> bool,
+    ) -> Result<Option<&'a Value>, AdapterError> {
+        match self.v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) if accept(x) => Ok(Some(x)),
+            Some(x) => Err(AdapterError::Config {
+                path: self.path.to_path_buf(),
+                reason: format!("{key} is {x}, expected {kind}"),
+            }),
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<Option<&'a str>, AdapterError> {
+        Ok(self
+            .get(key, "a string", Value::is_string)?
+            .and_then(Value::as_str))
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>, AdapterError> {
+        Ok(self
+            .get(key, "true or false", Value::is_boolean)?
+            .and_then(Value::as_bool))
+    }
+
+    fn number(&self, key: &str) -> Result<Option<f64>, AdapterError> {
+        Ok(self
+            .get(key, "a number", Value::is_number)?
+            .and_then(Value::as_f64))
+    }
+}
+
 /// The fields of `adapter_config.json` this crate uses; anything it cannot honour is an error.
-fn parse_config(text: &str, path: &Path) -> Result<(LoraConfig, Option<String>), AdapterError> {
+/// A field left out or written as `null` takes PEFT's default; one of another JSON type than
+/// PEFT's is an error, not a silent default.
+fn parse_config(text: &str, path: &Path) -> Result<Parsed, AdapterError> {
     let bad = |reason: String| AdapterError::Config {
         path: path.to_path_buf(),
         reason,
     };
     let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-    let peft_type = v.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
+    let f = Fields { v: &v, path };
+    let peft_type = f.string("peft_type")?.unwrap_or("LORA");
     if peft_type != "LORA" {
         return Err(bad(format!(
             "peft_type {peft_type:?}; wgtune reads LORA adapters"
         )));
     }
     for flag in ["use_dora", "fan_in_fan_out"] {
-        if v.get(flag).and_then(Value::as_bool) == Some(true) {
+        if f.boolean(flag)? == Some(true) {
             return Err(bad(format!("{flag} = true is not supported")));
         }
     }
-    if let Some(bias) = v.get("bias").and_then(Value::as_str)
+    if let Some(bias) = f.string("bias")?
         && bias != "none"
     {
         return Err(bad(format!(
@@ -253,23 +364,65 @@ fn parse_config(text: &str, path: &Path) -> Result<(LoraConfig, Option<String>),
         )));
     }
     for pattern in ["rank_pattern", "alpha_pattern"] {
-        if v.get(pattern)
+        if f.get(pattern, "an object", Value::is_object)?
             .and_then(Value::as_object)
             .is_some_and(|m| !m.is_empty())
         {
             return Err(bad(format!("{pattern} is not supported")));
         }
     }
+    if f.get("modules_to_save", "a list of module names", Value::is_array)?
+        .and_then(Value::as_array)
+        .is_some_and(|m| !m.is_empty())
+    {
+        return Err(bad(
+            "modules_to_save is not supported (full trained copies of modules besides LoRA)"
+                .to_string(),
+        ));
+    }
+    // PEFT leaves out a module whose name is one of these or ends in `.` and one of these; a
+    // single string is a regular expression there, which wgtune does not evaluate.
+    let exclude: Vec<String> = match v.get("exclude_modules") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        Some(Value::String(s)) => {
+            return Err(bad(format!(
+                "exclude_modules as a regular expression ({s:?}) is not supported; use a list \
+                 of module names"
+            )));
+        }
+        Some(x) => {
+            return Err(bad(format!(
+                "exclude_modules is {x}, expected a list of module names"
+            )));
+        }
+    };
+    let index = |x: &Value| x.as_u64().and_then(|i| usize::try_from(i).ok());
+    let indices = |x: &Value| {
+        index(x).is_some()
+            || x.as_array()
+                .is_some_and(|a| a.iter().all(|i| index(i).is_some()))
+    };
+    let layers = f
+        .get(
+            "layers_to_transform",
+            "a layer index or a list of them",
+            indices,
+        )?
+        .map(|x| match x.as_array() {
+            Some(a) => a.iter().filter_map(index).collect(),
+            None => index(x).into_iter().collect(),
+        });
     let r = v
         .get("r")
         .and_then(Value::as_u64)
         .ok_or_else(|| bad("missing or invalid \"r\"".to_string()))? as usize;
-    let alpha = v.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0) as f32;
-    let dropout = v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32;
-    let rslora = v
-        .get("use_rslora")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let alpha = f.number("lora_alpha")?.unwrap_or(8.0) as f32;
+    let dropout = f.number("lora_dropout")?.unwrap_or(0.0) as f32;
+    let rslora = f.boolean("use_rslora")?.unwrap_or(false);
     let targets = match v.get("target_modules") {
         Some(Value::Array(items)) => {
             let mut out = BTreeSet::new();
@@ -298,11 +451,13 @@ fn parse_config(text: &str, path: &Path) -> Result<(LoraConfig, Option<String>),
         rslora,
     };
     config.validate().map_err(bad)?;
-    let base = v
-        .get("base_model_name_or_path")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    Ok((config, base))
+    let base_model = f.string("base_model_name_or_path")?.map(str::to_string);
+    Ok(Parsed {
+        config,
+        base_model,
+        layers,
+        exclude,
+    })
 }
 
 /// The `adapter_config.json` PEFT would write for `config`.

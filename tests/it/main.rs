@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod adapter_config;
 mod bnb_checkpoint;
 mod cli_eval;
 mod cli_merge;
