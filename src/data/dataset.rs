@@ -140,12 +140,12 @@ impl FromStr for DataFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The file cannot be read.
-    #[error("cannot read dataset {path}: {source}")]
+    #[error("cannot read dataset {path}: {cause}")]
     Io {
         /// The dataset.
         path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
+        /// What the OS said (in the message, not also a `source()`).
+        cause: std::io::Error,
     },
     /// A bad row (see the module doc), or JSON that breaks the array.
     #[error("{path}:{line}: {reason}")]
@@ -245,9 +245,9 @@ pub fn load_dataset(
     template: &ChatTemplate,
     opts: &DatasetOptions,
 ) -> Result<Dataset, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+    let text = std::fs::read_to_string(path).map_err(|cause| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     parse_dataset(path, &text, tokenizer, template, opts)
 }

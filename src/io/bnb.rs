@@ -196,10 +196,10 @@ pub fn read_quantized_from(
         },
     };
     QuantizedTensor::from_parts(format, state.shape, state.blocksize, packed, stats).map_err(
-        |source| IoError::Quant {
+        |cause| IoError::Quant {
             path: path.to_path_buf(),
             name: prefix.to_string(),
-            source,
+            cause,
         },
     )
 }

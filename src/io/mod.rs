@@ -21,12 +21,13 @@ pub use self::safetensors::{
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
     /// The OS refused a read, write or rename.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Os {
         /// File or directory involved.
         path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
+        /// Underlying error (in the message, so not also a `source()`: printing the chain
+        /// would say it twice).
+        cause: std::io::Error,
     },
     /// The bytes are not a valid safetensors file (bad header, truncated data...).
     #[error("{path}: not a valid safetensors file: {reason}")]
@@ -80,14 +81,14 @@ pub enum IoError {
         got: Vec<usize>,
     },
     /// Stored 4-bit parts that do not form a valid quantized tensor.
-    #[error("{path}: {name}: {source}")]
+    #[error("{path}: {name}: {cause}")]
     Quant {
         /// The checkpoint.
         path: PathBuf,
         /// The Linear prefix.
         name: String,
-        /// Why.
-        source: crate::quant::QuantError,
+        /// Why (in the message, not also a `source()`).
+        cause: crate::quant::QuantError,
     },
     /// Bytes that are not a valid GGUF file: bad magic or version, truncated header, metadata or
     /// tensor data, bad UTF-8, unknown value type, out-of-range offset...
@@ -134,7 +135,7 @@ pub type Error = IoError;
 /// Wraps an OS error with its path.
 pub(crate) fn os_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IoError {
     let path = path.into();
-    move |source| IoError::Os { path, source }
+    move |cause| IoError::Os { path, cause }
 }
 
 /// A temporary name next to `path` (`dir/.name.tmp-<pid>`), for writing an output completely
@@ -143,7 +144,7 @@ pub(crate) fn os_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) ->
 pub fn temp_sibling(path: &std::path::Path) -> Result<PathBuf, IoError> {
     let bad = |what: &str, p: &std::path::Path| IoError::Os {
         path: p.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, what.to_string()),
+        cause: std::io::Error::new(std::io::ErrorKind::NotFound, what.to_string()),
     };
     let name = path
         .file_name()

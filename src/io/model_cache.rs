@@ -185,7 +185,7 @@ fn fetch_into(scratch: &Path, target: &Path) -> Result<(), IoError> {
         let _ = std::fs::remove_file(&partial);
         IoError::Os {
             path: target.to_path_buf(),
-            source: e,
+            cause: e,
         }
     })?;
     eprintln!("wgtune: default model ready at {}", target.display());

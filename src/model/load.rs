@@ -306,11 +306,11 @@ fn float_linear<S: WeightSource + ?Sized>(
     match quant {
         None => Ok(FrozenWeight::float(&values, shape, device)),
         Some(cfg) => {
-            let q = QuantizedTensor::quantize(&values, &shape, cfg).map_err(|source| {
+            let q = QuantizedTensor::quantize(&values, &shape, cfg).map_err(|cause| {
                 IoError::Quant {
                     path: src.origin(&name),
                     name: prefix.to_string(),
-                    source,
+                    cause,
                 }
             })?;
             Ok(FrozenWeight::Quantized(QWeight::upload(&q, device)))

@@ -605,7 +605,7 @@ fn write_dir(
                         |source_err| IoError::Quant {
                             path: source.origin(&entry.name),
                             name: prefix.clone(),
-                            source: source_err,
+                            cause: source_err,
                         },
                     )?;
                     bnb::write_entries(prefix, &q, Dtype::F32, &mut tensors);

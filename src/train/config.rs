@@ -154,12 +154,12 @@ impl Default for TrainConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
+        /// What the OS said (in the message, not also a `source()`).
+        cause: std::io::Error,
     },
     /// The file is not valid TOML or has an unknown key or a wrongly typed value.
     #[error("{path}: {reason}")]
@@ -174,9 +174,9 @@ pub enum ConfigError {
 impl TrainConfig {
     /// Reads a TOML file of settings; keys not in it keep their defaults.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
@@ -191,9 +191,9 @@ impl TrainConfig {
 
     /// Writes [`TrainConfig::to_toml`] to `path` (through a temporary name).
     pub fn write(&self, path: &Path) -> Result<(), ConfigError> {
-        let io = |source| ConfigError::Io {
+        let io = |cause| ConfigError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         let tmp = path.with_extension("toml.tmp");
         let text = format!(

@@ -102,12 +102,12 @@ pub enum TrainError {
     #[error(transparent)]
     Qst(#[from] QstError),
     /// `metrics.jsonl`.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Metrics {
         /// The file.
         path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
+        /// What the OS said (in the message, not also a `source()`).
+        cause: std::io::Error,
     },
     /// Nothing to train on, or settings that cannot work.
     #[error("{0}")]
@@ -440,7 +440,7 @@ impl Trainer {
                 let path = out.join("metrics.jsonl");
                 Some(
                     MetricsLog::open(&path, self.state.step)
-                        .map_err(|source| TrainError::Metrics { path, source })?,
+                        .map_err(|cause| TrainError::Metrics { path, cause })?,
                 )
             }
             None => None,
@@ -452,9 +452,9 @@ impl Trainer {
                 Event::Checkpoint(_) => None,
             };
             if let (Some(log), Some(line)) = (log.as_mut(), line) {
-                log.write(&line).map_err(|source| TrainError::Metrics {
+                log.write(&line).map_err(|cause| TrainError::Metrics {
                     path: log.path().to_path_buf(),
-                    source,
+                    cause,
                 })?;
             }
             on_event(&event);

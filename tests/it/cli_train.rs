@@ -405,7 +405,11 @@ fn bad_input_is_reported() {
         assert!(!err.contains("panicked"), "{err}");
     };
     let missing = tmp.path().join("nope.jsonl");
-    fails(run(missing.to_str().unwrap(), &[]), "nope.jsonl");
+    let o = run(missing.to_str().unwrap(), &[]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    // The OS's words once: an error that prints its cause must not also chain it.
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+    fails(o, "nope.jsonl");
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(
         &bad,
