@@ -2,16 +2,16 @@
 //! `--blocksize` ([`QuantArgs`], also used by `wgtune quantize`) and `--model`, `--device`
 //! ([`ModelArgs`]), plus loading the model they describe.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::device::{self, DeviceChoice, Selected};
 use crate::io::model_cache::default_model_path;
-use crate::peft::AdapterFile;
-use crate::peft::qst::SideNetwork;
+use crate::peft::qst::{self, SideNetwork};
+use crate::peft::{AdapterFile, adapter_dir};
 use crate::pretrained::Pretrained;
 use crate::quant::{QuantConfig, QuantError, QuantFormat};
 
@@ -114,20 +114,22 @@ impl ModelArgs {
         let selected = device::select(self.device);
         eprintln!("device: {}", selected.description);
         let start = Instant::now();
+        let adapter = self.adapter.as_deref().map(AdapterArg::read).transpose()?;
         let mut pretrained = Pretrained::load(&path, quant, &selected.device)
             .with_context(|| format!("loading {}", path.display()))?;
-        if let Some(dir) = &self.adapter {
-            if dir.join(crate::peft::qst::CONFIG_FILE).is_file() {
-                let side = SideNetwork::load(dir, &pretrained.config, &selected.device)
+        match adapter {
+            Some(AdapterArg::Qst(dir)) => {
+                let side = SideNetwork::load(&dir, &pretrained.config, &selected.device)
                     .with_context(|| format!("loading side network {}", dir.display()))?;
                 pretrained.model.side = Some(side);
                 eprintln!("adapter: {} (QST side network)", dir.display());
-            } else {
-                AdapterFile::read(dir)
-                    .and_then(|a| a.apply(&mut pretrained.model))
-                    .with_context(|| format!("applying adapter {}", dir.display()))?;
-                eprintln!("adapter: {}", dir.display());
             }
+            Some(AdapterArg::Lora(file)) => {
+                file.apply(&mut pretrained.model)
+                    .with_context(|| format!("applying adapter {}", file.dir.display()))?;
+                eprintln!("adapter: {}", file.dir.display());
+            }
+            None => {}
         }
         eprintln!(
             "model: {} ({} weights) loaded in {:.1} s",
@@ -136,5 +138,36 @@ impl ModelArgs {
             start.elapsed().as_secs_f64()
         );
         Ok((pretrained, selected))
+    }
+}
+
+/// An `--adapter` or `--init-adapter` directory, looked at before the model loads, so that a
+/// wrong path or a broken adapter fails at once instead of after a load of minutes.
+pub enum AdapterArg {
+    /// A PEFT LoRA adapter, read in full (its weights are checked against the model later).
+    Lora(AdapterFile),
+    /// A QST side network (`qst_config.json`), read once the model's shape is known.
+    Qst(PathBuf),
+}
+
+impl AdapterArg {
+    /// Tells the two kinds apart by their config file and reads a LoRA adapter.
+    pub fn read(dir: &Path) -> Result<Self> {
+        if dir.join(qst::CONFIG_FILE).is_file() {
+            return Ok(AdapterArg::Qst(dir.to_path_buf()));
+        }
+        if !dir.join(adapter_dir::CONFIG_FILE).is_file() {
+            if !dir.is_dir() {
+                bail!("{}: no such adapter directory", dir.display());
+            }
+            bail!(
+                "{}: not an adapter directory (no {} of a PEFT LoRA adapter, no {} of a QST \
+                 side network)",
+                dir.display(),
+                adapter_dir::CONFIG_FILE,
+                qst::CONFIG_FILE
+            );
+        }
+        Ok(AdapterArg::Lora(AdapterFile::read(dir)?))
     }
 }

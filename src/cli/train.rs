@@ -15,14 +15,15 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::data::dataset::{DataFormat, DatasetOptions, load_dataset, split_eval};
+use super::model_args::AdapterArg;
+use crate::data::dataset::{DataError, DataFormat, DatasetOptions, load_dataset, split_eval};
 use crate::data::template::ChatTemplate;
 use crate::device::{self, DeviceChoice};
 use crate::eval::Example;
 use crate::io::model_cache::default_model_path;
 use crate::model::Llama;
 use crate::peft::qst::{QstConfig, SideNetwork};
-use crate::peft::{self, AdapterFile, LoraConfig, TargetModule};
+use crate::peft::{self, LoraConfig, TargetModule};
 use crate::pretrained::Pretrained;
 use crate::quant::{QuantConfig, QuantFormat};
 use crate::train::checkpoint::{self, TrainState};
@@ -381,6 +382,31 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: bool) -> Result
     let selected = device::select(cfg.device.parse().expect("validated"));
     eprintln!("device: {}", selected.description);
     let device = selected.device.clone().autodiff();
+    // What can be checked without the model is checked before its (slow) load: the data files
+    // open, the adapter to continue is one.
+    for path in [&cfg.data, &cfg.eval_data].into_iter().flatten() {
+        std::fs::File::open(path).map_err(|cause| DataError::Io {
+            path: path.clone(),
+            cause,
+        })?;
+    }
+    let qst = cfg.method == "qst";
+    let init = cfg
+        .init_adapter
+        .as_deref()
+        .map(AdapterArg::read)
+        .transpose()?;
+    match (&init, qst) {
+        (Some(AdapterArg::Lora(file)), true) => bail!(
+            "{}: a LoRA adapter; --method qst continues a QST side network",
+            file.dir.display()
+        ),
+        (Some(AdapterArg::Qst(dir)), false) => bail!(
+            "{}: a QST side network; continue it with --method qst",
+            dir.display()
+        ),
+        _ => {}
+    }
     let started = Instant::now();
     let mut pre = Pretrained::load(&model_path, quant_config(cfg)?, &device)
         .with_context(|| format!("loading {}", model_path.display()))?;
@@ -392,10 +418,9 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: bool) -> Result
     );
     let (train_rows, eval_rows) = load_data(cfg, &pre)?;
     let mut lora = lora_config(cfg)?;
-    let qst = cfg.method == "qst";
-    match &cfg.init_adapter {
-        Some(dir) if qst => {
-            pre.model.side = Some(SideNetwork::load(dir, &pre.config, &device)?);
+    match init {
+        Some(AdapterArg::Qst(dir)) => {
+            pre.model.side = Some(SideNetwork::load(&dir, &pre.config, &device)?);
             eprintln!("side network: continuing {}", dir.display());
         }
         None if qst => {
@@ -405,13 +430,12 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: bool) -> Result
             };
             pre.model.side = Some(SideNetwork::init(&pre.config, &qcfg, cfg.seed, &device)?);
         }
-        Some(dir) => {
-            let file = AdapterFile::read(dir)?;
+        Some(AdapterArg::Lora(file)) => {
             file.apply(&mut pre.model)?;
             lora = file.config.clone();
             eprintln!(
                 "adapter: continuing {} (r {}, alpha {}, {} modules)",
-                dir.display(),
+                file.dir.display(),
                 lora.r,
                 lora.alpha,
                 file.modules.len()

@@ -409,6 +409,7 @@ fn bad_input_is_reported() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     // The OS's words once: an error that prints its cause must not also chain it.
     assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+    assert!(!err.contains("loaded in"), "the model loaded first: {err}");
     fails(o, "nope.jsonl");
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(
@@ -433,6 +434,44 @@ fn bad_input_is_reported() {
     fails(
         run(bad.to_str().unwrap(), &["--target-modules", "qq_proj"]),
         "qq_proj",
+    );
+    // An adapter that cannot be used fails before the model loads (no "loaded in" line).
+    let early = |o: Output, needle: &str| {
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!err.contains("loaded in"), "the model loaded first: {err}");
+        fails(o, needle);
+    };
+    let nowhere = tmp.path().join("no-adapter");
+    let nowhere = nowhere.to_str().unwrap();
+    early(
+        run(bad.to_str().unwrap(), &["--init-adapter", nowhere]),
+        "no-adapter: no such adapter directory",
+    );
+    early(
+        run(bad.to_str().unwrap(), &["--init-adapter", model]),
+        "not an adapter directory",
+    );
+    let lora = common::tiny_llama("adapter-init");
+    early(
+        run(
+            bad.to_str().unwrap(),
+            &["--init-adapter", lora.to_str().unwrap(), "--method", "qst"],
+        ),
+        "a LoRA adapter; --method qst",
+    );
+    early(
+        common::wgtune(&[
+            "generate",
+            "--model",
+            model,
+            "--adapter",
+            nowhere,
+            "--prompt",
+            "a",
+            "--device",
+            "cpu",
+        ]),
+        "no such adapter directory",
     );
     let fresh = tmp.path().join("fresh");
     fails(
