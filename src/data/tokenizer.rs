@@ -69,10 +69,15 @@ impl Tokenizer {
     /// `tokenizer_config.json` (a browser's picked files); `path` names `tokenizer.json` in
     /// errors, its sibling `tokenizer_config.json` the config's.
     pub fn from_bytes(path: &Path, json: &[u8], config: Option<&[u8]>) -> Result<Self, Error> {
-        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Load {
+        let load_err = |reason: String| Error::Load {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        // The syntax first: the tokenizers crate panics ("Helper") on a syntax error inside
+        // its decoder and normalizer objects, as a truncated file has, instead of failing.
+        serde_json::from_slice::<serde::de::IgnoredAny>(json)
+            .map_err(|e| load_err(format!("invalid JSON: {e}")))?;
+        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| load_err(e.to_string()))?;
         let named = match config {
             Some(bytes) => special_names(&path.with_file_name("tokenizer_config.json"), bytes)?,
             None => HashMap::new(),

@@ -179,6 +179,39 @@ fn stream_decoder_holds_split_characters() {
     assert_eq!(pieces.concat(), "hello é hello");
 }
 
+/// A `tokenizer.json` cut anywhere is an error naming the file, never a panic (the tokenizers
+/// crate panics on a syntax error inside its decoder object, so the cuts go through that one
+/// byte by byte).
+#[test]
+fn truncated_tokenizer_json_is_an_error() {
+    // A real tokenizer.json: the tiny GPT-2 vocabulary as the tokenizers crate writes it.
+    let tok = Tokenizer::from_gguf(&tiny_gpt2(), "tiny.gguf").unwrap();
+    let json = tok.inner().to_string(false).unwrap().into_bytes();
+    Tokenizer::from_bytes(std::path::Path::new("whole/tokenizer.json"), &json, None).unwrap();
+    let decoder = json.windows(9).position(|w| w == b"\"decoder\"").unwrap();
+    let cuts = (0..json.len())
+        .step_by(json.len().div_ceil(200))
+        .chain(decoder..decoder + 120);
+    for cut in cuts {
+        let r = std::panic::catch_unwind(|| {
+            Tokenizer::from_bytes(
+                std::path::Path::new("cut/tokenizer.json"),
+                &json[..cut],
+                None,
+            )
+        });
+        let e = r
+            .unwrap_or_else(|_| panic!("a cut at {cut} panicked"))
+            .err()
+            .unwrap_or_else(|| panic!("a cut at {cut} loaded"))
+            .to_string();
+        assert!(
+            e.contains("cut/tokenizer.json") && e.contains("invalid JSON"),
+            "{cut}: {e}"
+        );
+    }
+}
+
 #[test]
 fn missing_tokenizer_json_names_the_file() {
     let e = Tokenizer::from_file("/nonexistent/tokenizer.json")
