@@ -196,7 +196,10 @@ impl Loading {
         let config = LlamaConfig::from_json(&hf_config.to_hf_config_json().to_string(), &path)?;
         let tokenizer = Tokenizer::from_gguf_file(&gguf)?;
         let template = match gguf.chat_template().map_err(LoadError::Io)? {
-            Some(source) => ChatTemplate::new(source)?,
+            Some(source) => ChatTemplate::named(
+                source,
+                &format!("{} (tokenizer.chat_template)", path.display()),
+            )?,
             None => ChatTemplate::preset("chatml")?,
         };
         let template = with_tokens(template, &tokenizer);
@@ -218,12 +221,12 @@ impl Loading {
         config: LlamaConfig,
         ckpt: Checkpoint,
         tokenizer: Option<Tokenizer>,
-        chat_template: Option<String>,
+        chat_template: Option<ChatTemplate>,
         quant: Option<QuantConfig>,
         device: &Device,
     ) -> Result<Self, PretrainedError> {
         let template = match chat_template {
-            Some(source) => ChatTemplate::new(&source)?,
+            Some(template) => template,
             None => ChatTemplate::preset("chatml")?,
         };
         let template = match &tokenizer {
@@ -305,9 +308,10 @@ enum FilesKind {
     Gguf(GgufFile),
     Hf {
         ckpt: Checkpoint,
-        // Boxed: a tokenizer is large and the GGUF variant carries its own.
+        // Boxed: a tokenizer and a compiled template are large, and the GGUF variant carries
+        // its own.
         tokenizer: Option<Box<Tokenizer>>,
-        chat_template: Option<String>,
+        chat_template: Option<Box<ChatTemplate>>,
     },
 }
 
@@ -379,7 +383,7 @@ impl ModelFiles {
             kind: FilesKind::Hf {
                 ckpt,
                 tokenizer: tokenizer.map(Box::new),
-                chat_template,
+                chat_template: chat_template.map(Box::new),
             },
         })
     }
@@ -415,7 +419,7 @@ impl ModelFiles {
                 self.config,
                 ckpt,
                 tokenizer.map(|t| *t),
-                chat_template,
+                chat_template.map(|t| *t),
                 quant,
                 device,
             ),
@@ -460,15 +464,15 @@ fn with_tokens(template: ChatTemplate, tokenizer: &Tokenizer) -> ChatTemplate {
 const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 
 /// `chat_template` of a `tokenizer_config.json` (`path` names it in errors).
-fn chat_template_of(path: &Path, bytes: &[u8]) -> Result<Option<String>, PretrainedError> {
+fn chat_template_of(path: &Path, bytes: &[u8]) -> Result<Option<ChatTemplate>, PretrainedError> {
     let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| LoadError::Config {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    Ok(json
-        .get("chat_template")
-        .and_then(|t| t.as_str())
-        .map(str::to_string))
+    let source = json.get("chat_template").and_then(|t| t.as_str());
+    Ok(source
+        .map(|s| ChatTemplate::named(s, &path.display().to_string()))
+        .transpose()?)
 }
 
 /// A progress bar on stderr with bytes/s, or a spinner when the size is unknown (`total == 0`).

@@ -83,9 +83,9 @@ pub struct ChatTemplate {
     eos_token: String,
     /// `None`: the eos token ends a turn.
     end_of_turn: Option<String>,
+    /// Where the source came from, which errors name: a file, or `chat` for a given string.
+    name: String,
 }
-
-const TEMPLATE_NAME: &str = "chat";
 const SPAN_START: char = '\u{E000}';
 const SPAN_END: char = '\u{E001}';
 
@@ -117,14 +117,23 @@ impl ChatTemplate {
     /// [`ChatTemplate::with_special_tokens`]; the end-of-turn string is guessed from the template
     /// (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `<|end|>`), else it is the eos token.
     pub fn new(source: &str) -> Result<Self, Error> {
+        Self::named(source, "chat")
+    }
+
+    /// [`ChatTemplate::new`] for a template read from `origin` (a file, or a GGUF key), which
+    /// its compile and render errors name with the line: `(in origin:line)`.
+    pub fn named(source: &str, origin: &str) -> Result<Self, Error> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // Chat templates produce plain text; minijinja would pick JSON or HTML escaping from
+        // the template's name (`tokenizer_config.json`), as transformers never does.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, without_generation_tags(source))
+        env.add_template_owned(origin.to_string(), without_generation_tags(source))
             .map_err(|e| Error::Compile(format!("{e:#}")))?;
         let end_of_turn = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"]
             .into_iter()
@@ -135,6 +144,7 @@ impl ChatTemplate {
             bos_token: String::new(),
             eos_token: String::new(),
             end_of_turn,
+            name: origin.to_string(),
         })
     }
 
@@ -215,7 +225,7 @@ impl ChatTemplate {
     ) -> Result<String, Error> {
         let template = self
             .env
-            .get_template(TEMPLATE_NAME)
+            .get_template(&self.name)
             .map_err(|e| Error::Compile(format!("{e:#}")))?;
         let ctx = minijinja::context! {
             messages => messages,
@@ -683,6 +693,41 @@ mod tests {
             ChatTemplate::new("{% if %}"),
             Err(Error::Compile(_))
         ));
+    }
+
+    /// A template read from a file names that file (and the line) when it fails to compile
+    /// or to render, and a runaway template is stopped, not run.
+    #[test]
+    fn errors_name_where_the_template_came_from() {
+        let origin = "model/tokenizer_config.json";
+        // Rendered as plain text whatever the name's extension (not JSON-escaped).
+        let t = ChatTemplate::named("{{ messages[0].content }}<\"&>", origin).unwrap();
+        let quoted = [Message::new("user", "a \"b\" <c>")];
+        assert_eq!(t.render(&quoted, false).unwrap(), "a \"b\" <c><\"&>");
+        let e = ChatTemplate::named("{{ 1 }}\n{% if %}", origin).unwrap_err();
+        assert!(
+            e.to_string().contains("(in model/tokenizer_config.json:2)"),
+            "{e}"
+        );
+        let hi = [Message::new("user", "hi")];
+        for (source, why) in [
+            (
+                "{{ raise_exception('needs a system turn') }}",
+                "needs a system turn",
+            ),
+            ("{% for i in range(100000000) %}x{% endfor %}", "too many"),
+            (
+                "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+                "recursion",
+            ),
+        ] {
+            let t = ChatTemplate::named(source, origin).unwrap();
+            let e = t.render(&hi, true).unwrap_err().to_string();
+            assert!(
+                e.contains(why) && e.contains("(in model/tokenizer_config.json:1)"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
