@@ -29,7 +29,8 @@ use crate::quant::{QuantConfig, QuantFormat};
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::metrics::{self, MetricsLine, peak_rss_bytes};
 use crate::train::{
-    AdamWConfig, Event, RunEnd, ScheduleKind, TrainConfig, TrainOptions, Trainer, plot,
+    AdamWConfig, Event, MAX_STEP_EXAMPLES, RunEnd, ScheduleKind, TrainConfig, TrainOptions,
+    Trainer, plot,
 };
 
 /// `--resume` without a value: the newest checkpoint in `--out/checkpoints`.
@@ -240,6 +241,15 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
     ensure!(cfg.batch_size >= 1, "--batch-size must be at least 1");
     ensure!(cfg.grad_accum >= 1, "--grad-accum must be at least 1");
     ensure!(
+        cfg.batch_size
+            .checked_mul(cfg.grad_accum)
+            .is_some_and(|n| n <= MAX_STEP_EXAMPLES),
+        "--batch-size {} x --grad-accum {}: an optimizer step takes at most {MAX_STEP_EXAMPLES} \
+         examples",
+        cfg.batch_size,
+        cfg.grad_accum
+    );
+    ensure!(
         cfg.lr > 0.0 && cfg.lr.is_finite(),
         "--lr must be a positive number"
     );
@@ -252,6 +262,9 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
         "--warmup-ratio must be in [0, 1]"
     );
     ensure!(cfg.max_grad_norm >= 0.0, "--max-grad-norm must be >= 0");
+    adamw_config(cfg)
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--{e}"))?;
     ensure!(cfg.steps != Some(0), "--steps must be at least 1");
     ensure!(
         cfg.method == "lora" || cfg.method == "qst",
@@ -370,6 +383,15 @@ fn load_data(cfg: &TrainConfig, pre: &Pretrained) -> Result<(Vec<Example>, Vec<E
     })
 }
 
+fn adamw_config(cfg: &TrainConfig) -> AdamWConfig {
+    AdamWConfig {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_eps,
+        weight_decay: cfg.weight_decay,
+    }
+}
+
 /// The whole run for `cfg` (`resume`: `Some("latest")` = newest checkpoint, `Some(dir)` = that
 /// one).
 /// `progress` draws a bar on stderr.
@@ -441,7 +463,10 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: bool) -> Result
                 file.modules.len()
             );
         }
-        None => peft::attach(&mut pre.model, &lora, cfg.seed),
+        None => {
+            peft::check_rank(&pre.model, &lora).map_err(anyhow::Error::msg)?;
+            peft::attach(&mut pre.model, &lora, cfg.seed);
+        }
     }
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     cfg.write(&cfg.out.join("train_config.toml"))?;
@@ -451,12 +476,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, progress: bool) -> Result
         .and_then(|t| t.pad_id().or(t.eos_id()))
         .map_or(0, i64::from);
     let opts = TrainOptions {
-        adamw: AdamWConfig {
-            beta1: cfg.adam_beta1,
-            beta2: cfg.adam_beta2,
-            eps: cfg.adam_eps,
-            weight_decay: cfg.weight_decay,
-        },
+        adamw: adamw_config(cfg),
         lr: cfg.lr,
         schedule: cfg.schedule,
         warmup_steps: cfg.warmup_steps,

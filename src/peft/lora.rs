@@ -198,6 +198,36 @@ impl LoraConfig {
     }
 }
 
+/// `Err` when `config.r` is above the smaller side of a projection it targets in `model`: `B·A`
+/// could not have that rank, so the extra rows and columns would only cost memory (and an
+/// absurd `r` would exhaust it). PEFT does not check this; an adapter it wrote still loads.
+pub fn check_rank(model: &Llama, config: &LoraConfig) -> Result<(), String> {
+    let Some(layer) = model.layers.first() else {
+        return Ok(());
+    };
+    // The targeted projection with the smallest side bounds the rank.
+    let tightest = config
+        .targets
+        .iter()
+        .map(|&t| {
+            let linear = t.linear(layer);
+            (t, linear.out_features(), linear.in_features())
+        })
+        .min_by_key(|&(_, out, inp)| out.min(inp));
+    if let Some((target, out, inp)) = tightest
+        && config.r > out.min(inp)
+    {
+        return Err(format!(
+            "LoRA rank r = {} is above {}, the smaller side of {} ([{out}, {inp}]): B·A cannot \
+             have a higher rank",
+            config.r,
+            out.min(inp),
+            target.name()
+        ));
+    }
+    Ok(())
+}
+
 /// Attaches a new adapter with PEFT's init to every target of every layer, replacing any adapter
 /// already there. `A` values come from a generator seeded with `seed`, drawn layer by layer in
 /// [`TargetModule::ALL`] order, so the same seed gives the same adapter on every device.

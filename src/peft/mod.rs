@@ -8,4 +8,6 @@ pub mod merge;
 pub mod qst;
 
 pub use adapter_dir::{AdapterError, AdapterFile};
-pub use lora::{LoraConfig, TargetModule, adapters, attach, set_dropout_active, without_adapters};
+pub use lora::{
+    LoraConfig, TargetModule, adapters, attach, check_rank, set_dropout_active, without_adapters,
+};

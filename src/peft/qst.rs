@@ -210,6 +210,13 @@ impl QstConfig {
         if self.r == 0 {
             return bad("rank r must be at least 1".into());
         }
+        if self.r > h {
+            return bad(format!(
+                "rank r {} is above hidden_size {h}: the downsample H -> r -> H/reduction \
+                 would widen instead",
+                self.r
+            ));
+        }
         if rf == 0 {
             return bad("reduction must be at least 1".into());
         }

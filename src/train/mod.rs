@@ -16,4 +16,6 @@ pub mod trainer;
 pub use config::TrainConfig;
 pub use optim::{AdamW, AdamWConfig, clip_global_norm};
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{Event, PendingStep, RunEnd, TrainError, TrainOptions, Trainer};
+pub use trainer::{
+    Event, MAX_STEP_EXAMPLES, PendingStep, RunEnd, TrainError, TrainOptions, Trainer,
+};

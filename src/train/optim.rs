@@ -41,6 +41,45 @@ impl Default for AdamWConfig {
     }
 }
 
+impl AdamWConfig {
+    /// `Err` naming the first value (by its `wgtune train` setting) that `torch.optim.AdamW`
+    /// refuses: a β outside `[0, 1)`, a negative ε or weight decay; or that cannot work here:
+    /// a non-finite value, and ε = 0, which divides zero by zero where a gradient is still zero
+    /// (every LoRA `A` at the first step, its `B` starting at zero).
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (
+                "adam-beta1",
+                self.beta1,
+                (0.0..1.0).contains(&self.beta1),
+                "in [0, 1)",
+            ),
+            (
+                "adam-beta2",
+                self.beta2,
+                (0.0..1.0).contains(&self.beta2),
+                "in [0, 1)",
+            ),
+            (
+                "adam-eps",
+                self.eps,
+                self.eps > 0.0 && self.eps.is_finite(),
+                "positive",
+            ),
+            (
+                "weight-decay",
+                self.weight_decay,
+                self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
+                "zero or positive",
+            ),
+        ];
+        match checks.into_iter().find(|c| !c.2) {
+            Some((name, value, _, want)) => Err(format!("{name} = {value}: must be {want}")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// AdamW state: the step count and both moments of every parameter (same order as the
 /// parameters passed to [`AdamW::step`]).
 #[derive(Clone, Debug)]

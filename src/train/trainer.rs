@@ -23,6 +23,9 @@ use crate::model::Llama;
 use crate::peft::qst::{self, QstError, SideNetwork};
 use crate::peft::{self, AdapterError, LoraConfig};
 
+/// The most examples one optimizer step may take (batch size x gradient accumulation).
+pub const MAX_STEP_EXAMPLES: usize = 1 << 24;
+
 /// How to train (the data and the model come separately).
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -189,6 +192,16 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         if train.is_empty() {
             return Err(TrainError::Invalid("no training examples".to_string()));
+        }
+        opts.adamw.validate().map_err(TrainError::Invalid)?;
+        // A step's micro-batches are collated before it runs, so its size is bounded.
+        let per_step = opts.batch_size.checked_mul(opts.grad_accum);
+        if per_step.is_none_or(|n| n == 0 || n > MAX_STEP_EXAMPLES) {
+            return Err(TrainError::Invalid(format!(
+                "batch size {} x gradient accumulation {}: an optimizer step takes 1 to \
+                 {MAX_STEP_EXAMPLES} examples",
+                opts.batch_size, opts.grad_accum
+            )));
         }
         if !model.device().is_autodiff() {
             return Err(TrainError::Invalid(

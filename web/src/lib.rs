@@ -414,6 +414,7 @@ impl Studio {
             (data.examples.clone(), data.examples)
         };
         let mut llama = model.base.clone();
+        peft::check_rank(&llama, &lora).map_err(js_err)?;
         peft::attach(&mut llama, &lora, s.seed);
         let pad_id = model
             .tokenizer
