@@ -26,6 +26,7 @@ pub struct ChatArgs {
 
 /// Runs `wgtune chat`.
 pub fn run(args: ChatArgs) -> Result<()> {
+    args.sampling.check()?;
     let (pretrained, _) = args.model.load()?;
     let tokenizer = pretrained.tokenizer()?;
     let options = args.sampling.options(stop_ids(&pretrained, true)?)?;

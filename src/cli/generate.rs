@@ -36,8 +36,12 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// Generation options with these sampling flags and `stop_ids`.
-    pub fn options(&self, stop_ids: Vec<u32>) -> Result<GenerateOptions> {
+    /// `Err` for a flag out of range; run before the model loads, so a typo costs no load.
+    pub fn check(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.max_new_tokens >= 1,
+            "--max-new-tokens must be at least 1"
+        );
         anyhow::ensure!(
             self.temperature >= 0.0 && self.temperature.is_finite(),
             "--temperature must be a finite number >= 0"
@@ -46,6 +50,12 @@ impl SamplingArgs {
             self.top_p > 0.0 && self.top_p <= 1.0,
             "--top-p must be in (0, 1]"
         );
+        Ok(())
+    }
+
+    /// Generation options with these sampling flags and `stop_ids`.
+    pub fn options(&self, stop_ids: Vec<u32>) -> Result<GenerateOptions> {
+        self.check()?;
         Ok(GenerateOptions {
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
@@ -124,6 +134,7 @@ pub fn report(generated: &Generated) {
 
 /// Runs `wgtune generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
+    args.sampling.check()?;
     let (pretrained, _) = args.model.load()?;
     let tokenizer = pretrained.tokenizer()?;
     let prompt_ids = if args.chat {

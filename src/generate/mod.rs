@@ -98,14 +98,22 @@ pub struct Generated {
 impl Generated {
     /// Prompt processing speed in tokens/s.
     pub fn prompt_tokens_per_s(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(f64::MIN_POSITIVE)
+        rate(self.prompt_tokens, self.prompt_time)
     }
 
     /// Generation speed in tokens/s over the steps after the prompt pass (the first generated
     /// token comes out of the prompt pass and counts there).
     pub fn generation_tokens_per_s(&self) -> f64 {
-        let steps = self.ids.len().saturating_sub(1);
-        steps as f64 / self.generation_time.as_secs_f64().max(f64::MIN_POSITIVE)
+        rate(self.ids.len().saturating_sub(1), self.generation_time)
+    }
+}
+
+/// `n / time`, 0 when no time was measured (nothing ran) rather than `n / ε`.
+fn rate(n: usize, time: Duration) -> f64 {
+    if time.is_zero() {
+        0.0
+    } else {
+        n as f64 / time.as_secs_f64()
     }
 }
 

@@ -499,6 +499,16 @@ fn bad_input_is_reported() {
         ]),
         "no such adapter directory",
     );
+    for (flag, value, says) in [
+        ("--max-new-tokens", "0", "at least 1"),
+        ("--temperature", "NaN", "finite"),
+        ("--top-p", "0", "(0, 1]"),
+    ] {
+        early(
+            common::wgtune(&["generate", "--model", model, "--prompt", "a", flag, value]),
+            says,
+        );
+    }
     let fresh = tmp.path().join("fresh");
     fails(
         common::wgtune(&[
