@@ -34,6 +34,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::ServeWeb(_)) {
+        default_sigpipe();
+    }
     let result: anyhow::Result<()> = match cli.command {
         Command::Train(args) => wgtune::cli::train::run(*args),
         Command::Quantize(args) => wgtune::cli::quantize::run(args),
@@ -50,5 +53,16 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so a `println!` into a closed pipe (`wgtune info | head -1`) panics.
+/// The default action ends the process quietly, as it ends `cat`. The server keeps Rust's
+/// setting: a browser closing its connection must not end it.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -195,3 +195,29 @@ fn generate_chat_streams_the_answer() {
         assert!(check(stdout.trim()), "--quant {quant}: {stdout:?}");
     }
 }
+
+/// Output into a pipe whose reader is gone (`wgtune info | head -c 0`) ends the process as it
+/// ends `cat`, not with a panic about failed printing.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgtune"))
+        .args(["info", "--model"])
+        .arg(common::tiny_llama("model-f32"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes before anything is written
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
+}
