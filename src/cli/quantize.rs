@@ -146,7 +146,7 @@ fn write_quantized(input: &Path, output: &Path, cfg: QuantConfig) -> Result<()> 
                 output.display()
             );
         }
-        let tmp = crate::io::temp_sibling(output)?;
+        let tmp = crate::io::create_temp_sibling(output, false)?;
         let result = quantize_file(input, &tmp, cfg).and_then(|()| {
             std::fs::rename(&tmp, output)
                 .with_context(|| format!("{}: cannot move output into place", output.display()))
@@ -219,9 +219,7 @@ fn quantize_dir(input: &Path, output: &Path, cfg: QuantConfig) -> Result<()> {
         crate::io::bnb::quantization_config(cfg),
     );
 
-    let tmp = crate::io::temp_sibling(output)?;
-    std::fs::create_dir(&tmp)
-        .with_context(|| format!("{}: cannot create directory", tmp.display()))?;
+    let tmp = crate::io::create_temp_sibling(output, true)?;
     let result = (|| -> Result<()> {
         quantize_file(input, &tmp.join(SINGLE_FILE), cfg)?;
         let text = pyjson::to_pretty(&config) + "\n";

@@ -29,6 +29,17 @@ pub enum IoError {
         /// would say it twice).
         cause: std::io::Error,
     },
+    /// An output that cannot be written where it was asked for: its temporary sibling could
+    /// not be created (a read-only or virtual directory, no space, no permission).
+    #[error("{path}: cannot write the output here (creating {tmp}: {cause})")]
+    NotWritable {
+        /// The output asked for.
+        path: PathBuf,
+        /// The temporary name next to it.
+        tmp: PathBuf,
+        /// What the OS said (in the message, not also a `source()`).
+        cause: std::io::Error,
+    },
     /// The bytes are not a valid safetensors file (bad header, truncated data...).
     #[error("{path}: not a valid safetensors file: {reason}")]
     NotSafetensors {
@@ -158,4 +169,21 @@ pub fn temp_sibling(path: &std::path::Path) -> Result<PathBuf, IoError> {
         return Err(bad("output directory does not exist", parent));
     }
     Ok(parent.join(format!(".{name}.tmp-{}", std::process::id())))
+}
+
+/// [`temp_sibling`], created at once (an empty file, or a directory with `dir`), so that an
+/// output that cannot be written fails before the work that fills it, naming the output.
+pub fn create_temp_sibling(path: &std::path::Path, dir: bool) -> Result<PathBuf, IoError> {
+    let tmp = temp_sibling(path)?;
+    let made = if dir {
+        std::fs::create_dir(&tmp)
+    } else {
+        std::fs::File::create(&tmp).map(drop)
+    };
+    made.map_err(|cause| IoError::NotWritable {
+        path: path.to_path_buf(),
+        tmp: tmp.clone(),
+        cause,
+    })?;
+    Ok(tmp)
 }

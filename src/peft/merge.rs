@@ -38,9 +38,9 @@ use super::adapter_dir::{AdapterError, AdapterFile, AdapterWeights, WEIGHTS_FILE
 use super::lora::{TargetModule, module_key};
 use crate::data::tokenizer::{self, Tokenizer};
 use crate::io::bnb::quantization_config;
+use crate::io::create_temp_sibling;
 use crate::io::gguf::GgufFile;
 use crate::io::safetensors::{SINGLE_FILE, is_float};
-use crate::io::temp_sibling;
 use crate::io::{self, Checkpoint, IoError, OwnedTensor, bnb, pyjson, read_f32};
 use crate::model::{LlamaConfig, LoadError};
 use crate::pretrained::{ModelFormat, PretrainedError};
@@ -236,13 +236,8 @@ pub fn merge_with_progress(
     let source = Source::open(model, format)?;
     let adapter = AdapterFile::read(adapter)?;
     let plan = Plan::new(&source, &adapter)?;
-    let tmp = temp_sibling(out).map_err(|e| MergeError::Output {
-        path: out.to_path_buf(),
-        reason: format!("{e:#}"),
-    })?;
-
     // --- build the directory under a temporary name ---
-    std::fs::create_dir(&tmp).map_err(io::os_err(&tmp))?;
+    let tmp = create_temp_sibling(out, true)?;
     let result = write_dir(&source, &adapter, &plan, dtype, &tmp, progress).and_then(|report| {
         if out.exists() {
             // An empty directory (checked above) the user made for us.

@@ -157,7 +157,7 @@ fn bad_inputs_fail_cleanly() {
     let empty_dir = dir.join("empty_model");
     std::fs::create_dir(&empty_dir).unwrap();
 
-    let cases: Vec<(PathBuf, PathBuf, Vec<&str>, &str)> = vec![
+    let mut cases: Vec<(PathBuf, PathBuf, Vec<&str>, &str)> = vec![
         (
             missing.clone(),
             dir.join("o1.safetensors"),
@@ -191,6 +191,11 @@ fn bad_inputs_fail_cleanly() {
         (garbage.clone(), garbage.clone(), vec![], "same path"),
         (empty_dir.clone(), dir.join("o6"), vec![], "config.json"),
     ];
+    // A directory that exists but takes no files: refused before any work, naming the output.
+    if cfg!(target_os = "linux") {
+        let here = "o7.safetensors: cannot write the output here";
+        cases.push((good.clone(), "/proc/o7.safetensors".into(), vec![], here));
+    }
     for (input, output, extra, needle) in &cases {
         let out = quantize(input, output, extra);
         let err = stderr(&out);
