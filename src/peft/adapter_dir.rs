@@ -382,23 +382,23 @@ fn parse_config(text: &str, path: &Path) -> Result<Parsed, AdapterError> {
     }
     // PEFT leaves out a module whose name is one of these or ends in `.` and one of these; a
     // single string is a regular expression there, which wgtune does not evaluate.
-    let exclude: Vec<String> = match v.get("exclude_modules") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect(),
+    let names = |x: &Value| x.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+    let exclude: Vec<String> = match f.get("exclude_modules", "a list of module names", |x| {
+        x.is_string() || names(x)
+    })? {
+        None => Vec::new(),
         Some(Value::String(s)) => {
             return Err(bad(format!(
                 "exclude_modules as a regular expression ({s:?}) is not supported; use a list \
                  of module names"
             )));
         }
-        Some(x) => {
-            return Err(bad(format!(
-                "exclude_modules is {x}, expected a list of module names"
-            )));
-        }
+        Some(x) => x
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
     };
     let index = |x: &Value| x.as_u64().and_then(|i| usize::try_from(i).ok());
     let indices = |x: &Value| {
