@@ -432,28 +432,30 @@ fn bad_input_is_reported() {
     let good = tmp.path().join("good.jsonl");
     std::fs::write(&good, "{\"input_ids\": [1, 2, 3, 4]}\n").unwrap();
     let good = good.to_str().unwrap();
-    fails(
-        run(good, &["--lora-r", "129"]),
-        "above 64, the smaller side of k_proj ([64, 128])",
-    );
-    fails(
-        run(good, &["--grad-accum", "18446744073709551615"]),
-        "at most 16777216 examples",
-    );
-    fails(
-        run(good, &["--method", "qst", "--qst-r", "100000000"]),
-        "rank r 100000000 is above hidden_size 128",
-    );
-    // What torch.optim.AdamW refuses is refused before a step, not reported as divergence.
-    fails(
-        run(good, &["--adam-beta1", "1"]),
-        "--adam-beta1 = 1: must be in [0, 1)",
-    );
-    fails(
-        run(good, &["--adam-eps", "0"]),
-        "--adam-eps = 0: must be positive",
-    );
-    fails(run(good, &["--weight-decay=-0.1"]), "--weight-decay = -0.1");
+    let refused: [(&[&str], &str); 6] = [
+        (
+            &["--lora-r", "129"],
+            "above 64, the smaller side of k_proj ([64, 128])",
+        ),
+        (
+            &["--grad-accum", "18446744073709551615"],
+            "at most 16777216 examples",
+        ),
+        (
+            &["--method", "qst", "--qst-r", "100000000"],
+            "rank r 100000000 is above hidden_size 128",
+        ),
+        // What torch.optim.AdamW refuses is refused before a step, not reported as divergence.
+        (
+            &["--adam-beta1", "1"],
+            "--adam-beta1 = 1: must be in [0, 1)",
+        ),
+        (&["--adam-eps", "0"], "--adam-eps = 0: must be positive"),
+        (&["--weight-decay=-0.1"], "--weight-decay = -0.1"),
+    ];
+    for (args, needle) in refused {
+        fails(run(good, args), needle);
+    }
     let oov = tmp.path().join("oov.jsonl");
     std::fs::write(&oov, "{\"input_ids\": [1, 2, 999]}\n").unwrap();
     fails(run(oov.to_str().unwrap(), &[]), "vocabulary");
