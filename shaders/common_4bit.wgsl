@@ -32,3 +32,32 @@ fn block_absmax(b: u32) -> f32 {
     }
     return scales[b];
 }
+
+// The four codes of a word's elements 0..3 (`NIBBLES_LO`) or 4..7 (`NIBBLES_HI`), as
+// `(vec4(word) >> shifts) & 15u`, matching `nibble`.
+const NIBBLES_LO: vec4<u32> = vec4(4u, 0u, 12u, 8u);
+const NIBBLES_HI: vec4<u32> = vec4(20u, 16u, 28u, 24u);
+
+// The 16 code values, tables[0..16], as four vec4 for `decode4`.
+fn codebook() -> array<vec4<f32>, 4> {
+    return array(vec4(tables[0], tables[1], tables[2], tables[3]),
+                 vec4(tables[4], tables[5], tables[6], tables[7]),
+                 vec4(tables[8], tables[9], tables[10], tables[11]),
+                 vec4(tables[12], tables[13], tables[14], tables[15]));
+}
+
+// code[v] for four codes v at once, by a tree of selects on their bits: c[v >> 2][v & 3]. A
+// software adapter runs invocations as the lanes of CPU vectors, where a table read at an index
+// that differs per lane is one scalar load per lane; the selects are a few vector instructions.
+fn decode4(v: vec4<u32>, c: array<vec4<f32>, 4>) -> vec4<f32> {
+    let b0 = (v & vec4(1u)) != vec4(0u);
+    let b1 = (v & vec4(2u)) != vec4(0u);
+    let b2 = (v & vec4(4u)) != vec4(0u);
+    let b3 = (v & vec4(8u)) != vec4(0u);
+    // q_i = c[i][v & 3] for each quarter i of the codebook, then pick the quarter by bits 2, 3.
+    let q0 = select(select(vec4(c[0].x), vec4(c[0].y), b0), select(vec4(c[0].z), vec4(c[0].w), b0), b1);
+    let q1 = select(select(vec4(c[1].x), vec4(c[1].y), b0), select(vec4(c[1].z), vec4(c[1].w), b0), b1);
+    let q2 = select(select(vec4(c[2].x), vec4(c[2].y), b0), select(vec4(c[2].z), vec4(c[2].w), b0), b1);
+    let q3 = select(select(vec4(c[3].x), vec4(c[3].y), b0), select(vec4(c[3].z), vec4(c[3].w), b0), b1);
+    return select(select(q0, q1, b2), select(q2, q3, b2), b3);
+}

@@ -1,6 +1,7 @@
 // Fused 4-bit matmul:  Y[m, n] = sum_k X[m, k] * W[n, k],  W = dequant(packed) of shape [N, K].
 // X is [M, K] and Y is [M, N], both contiguous row-major f32. Layout and statistics of W: see
-// common_4bit.wgsl (prepended). Built for small M (token generation, short batches).
+// common_4bit.wgsl (prepended). Built for small M (token generation, short batches) on a GPU;
+// software adapters take qmatmul_4bit_tile.wgsl where K % 8 == 0.
 //
 // Workgroup 32 x 8: the 8 rows (y) each compute one output column n; the 32 lanes (x) of a row
 // stride over the packed words of W's row n, decode each word once (8 weights, one absmax) and

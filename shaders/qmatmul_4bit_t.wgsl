@@ -1,6 +1,7 @@
 // Transposed fused 4-bit matmul (input gradient):  dX[m, k] = sum_n dY[m, n] * W[n, k],
 // W = dequant(packed) of shape [N, K]; dY is [M, N], dX is [M, K], contiguous row-major f32.
-// Layout and statistics of W: see common_4bit.wgsl (prepended).
+// Layout and statistics of W: see common_4bit.wgsl (prepended). For a GPU; software adapters
+// take qmatmul_4bit_t_tile.wgsl where K % 8 == 0.
 //
 // Workgroup 64 x 4: the 64 lanes (x) own 64 consecutive columns k (neighbouring nibbles, so
 // reads of a row of W are contiguous); the 4 rows (y) split the sum over n. Each lane applies a

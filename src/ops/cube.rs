@@ -13,7 +13,7 @@ use burn::cubecl::{
 use burn::tensor::{DType, Shape};
 
 use super::backend::QuantBackend;
-use super::dispatch;
+use super::dispatch::{self, AdapterClass};
 use super::layout::{MatmulStrategy, QLayout};
 use super::shaders::{self, Shader, StatsKind};
 
@@ -62,6 +62,16 @@ fn empty_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
         handle,
         DType::F32,
     )
+}
+
+/// Whether `t`'s device is a GPU or a software adapter (no card behind it: llvmpipe,
+/// SwiftShader, WARP, or a browser's fallback adapter), which decides the fused kernel.
+fn adapter_class(t: &CubeTensor) -> AdapterClass {
+    if t.client.properties().identity.physical.is_none() {
+        AdapterClass::Software
+    } else {
+        AdapterClass::Gpu
+    }
 }
 
 /// Split `groups` workgroups over x and y so neither exceeds the 65535 limit.
@@ -242,7 +252,14 @@ fn linear(
     let mut out_dims = shape.to_vec();
     *out_dims.last_mut().expect("at least one dimension") = outer;
     let out_shape = Shape::from(out_dims);
-    let chunk = match dispatch::resolve(strategy, m, transposed) {
+    let resolved = dispatch::resolve(
+        strategy,
+        m,
+        transposed,
+        adapter_class(&input),
+        k.is_multiple_of(8),
+    );
+    let chunk = match resolved {
         MatmulStrategy::DequantMatmul => Some(chunk_rows(&w, layout)),
         MatmulStrategy::DequantChunks { rows } => Some(rows.div_ceil(8).max(1) * 8),
         _ => None,
@@ -257,12 +274,21 @@ fn linear(
         return out;
     }
     let tm = shaders::fused_tm(m);
-    let (shader, columns_per_group) = if transposed {
-        (Shader::QmatmulT { stats: w.stats, tm }, 64)
-    } else {
-        (Shader::Qmatmul { stats: w.stats, tm }, 8)
+    let tile = resolved == MatmulStrategy::FusedTile;
+    // Output columns each workgroup covers.
+    let (shader, columns_per_group) = match (transposed, tile) {
+        (false, false) => (Shader::Qmatmul { stats: w.stats, tm }, 8),
+        (true, false) => (Shader::QmatmulT { stats: w.stats, tm }, 64),
+        (false, true) => (
+            Shader::QmatmulTile { stats: w.stats, tm },
+            shaders::TILE_WG * shaders::TILE_TN,
+        ),
+        (true, true) => (
+            Shader::QmatmulTTile { stats: w.stats, tm },
+            shaders::TILE_WG * shaders::TILE_TW * 8,
+        ),
     };
-    let (gx, gy) = grid_2d(outer.div_ceil(columns_per_group));
+    let (gx, gy) = grid_2d(outer.div_ceil(columns_per_group as usize));
     let [p, q, s, t] = w.buffers();
     launch(
         shader,

@@ -1,30 +1,97 @@
 //! Which 4-bit matmul implementation serves which shape on the kernel path.
 //!
-//! Decided by `examples/bench_kernels.rs`, which times the fused kernel against
-//! dequantize-then-matmul for LLaMA-like shapes and prints the choice per shape class. The fused
-//! kernel reads 0.5 byte per weight once and applies it to up to 8 rows at a time, so it wins
-//! where the product is bound by reading W (few rows); burn's tiled matmul on a dequantized
-//! copy wins once enough rows reuse each weight.
+//! Decided by `examples/bench_kernels.rs`, which times the fused kernels against
+//! dequantize-then-matmul for LLaMA-like shapes and prints the choice per shape class.
 //!
-//! Measured on llvmpipe (2 cores): see the table in README.md ("Kernel benchmark").
+//! - On a GPU the fused kernel (a workgroup row per column of the output, W read coalesced)
+//!   reads 0.5 byte per weight once and applies it to up to 8 rows at a time, so it wins where
+//!   the product is bound by reading W (few rows); burn's tiled matmul on a dequantized copy
+//!   wins once enough rows reuse each weight.
+//! - A software adapter (llvmpipe, SwiftShader) runs invocations as the lanes of CPU vectors.
+//!   There the register-tiled fused kernel, which decodes each weight once per 8 rows with vector
+//!   selects and never writes an f32 copy of W, beat dequantize+matmul at every row count measured
+//!   (1 to 2048 rows on llvmpipe), so it serves every shape with whole packed words per row.
+//!
+//! Measured on llvmpipe (2 cores) and an H200: see the tables in README.md ("Kernel benchmark").
 
 use super::layout::MatmulStrategy;
 
-/// Largest number of rows (tokens) for which the fused kernel serves `Y = X W^T`.
+/// Largest number of rows (tokens) for which the GPU fused kernel serves `Y = X W^T`.
 pub const FUSED_MAX_ROWS: usize = 32;
-/// Largest number of rows for which the fused transposed kernel serves `dX = dY W`.
+/// Largest number of rows for which the GPU fused transposed kernel serves `dX = dY W`.
 pub const FUSED_T_MAX_ROWS: usize = 32;
 
-/// The concrete strategy for `rows` rows of X.
-pub fn resolve(strategy: MatmulStrategy, rows: usize, transposed: bool) -> MatmulStrategy {
+/// The kind of adapter the kernels run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterClass {
+    /// A GPU (any vendor, native or through a browser).
+    Gpu,
+    /// A software implementation on the CPU: Mesa's llvmpipe, SwiftShader, WARP.
+    Software,
+}
+
+/// The concrete strategy for `rows` rows of X on `adapter`, for a weight whose rows hold whole
+/// packed words (`in_features % 8 == 0`) or not.
+pub fn resolve(
+    strategy: MatmulStrategy,
+    rows: usize,
+    transposed: bool,
+    adapter: AdapterClass,
+    whole_words: bool,
+) -> MatmulStrategy {
     let limit = if transposed {
         FUSED_T_MAX_ROWS
     } else {
         FUSED_MAX_ROWS
     };
+    let tile = adapter == AdapterClass::Software && whole_words;
     match strategy {
-        MatmulStrategy::Auto if rows <= limit => MatmulStrategy::Fused,
+        MatmulStrategy::Auto | MatmulStrategy::Fused if tile => MatmulStrategy::FusedTile,
+        MatmulStrategy::Auto if rows <= limit => MatmulStrategy::FusedGroup,
         MatmulStrategy::Auto => MatmulStrategy::DequantMatmul,
+        MatmulStrategy::Fused => MatmulStrategy::FusedGroup,
+        MatmulStrategy::FusedTile if !whole_words => MatmulStrategy::FusedGroup,
         chosen => chosen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AdapterClass::{Gpu, Software};
+    use MatmulStrategy::*;
+
+    #[test]
+    fn gpus_fuse_few_rows_and_dequantize_many() {
+        for transposed in [false, true] {
+            assert_eq!(resolve(Auto, 1, transposed, Gpu, true), FusedGroup);
+            assert_eq!(resolve(Auto, 32, transposed, Gpu, true), FusedGroup);
+            assert_eq!(resolve(Auto, 33, transposed, Gpu, true), DequantMatmul);
+            assert_eq!(resolve(Fused, 2048, transposed, Gpu, true), FusedGroup);
+        }
+    }
+
+    #[test]
+    fn software_adapters_take_the_tiled_kernel_where_rows_hold_whole_words() {
+        for rows in [1, 8, 33, 2048] {
+            assert_eq!(resolve(Auto, rows, false, Software, true), FusedTile);
+            assert_eq!(resolve(Auto, rows, true, Software, true), FusedTile);
+            assert_eq!(resolve(Fused, rows, false, Software, true), FusedTile);
+        }
+        assert_eq!(resolve(Auto, 8, false, Software, false), FusedGroup);
+        assert_eq!(resolve(Auto, 300, false, Software, false), DequantMatmul);
+    }
+
+    #[test]
+    fn explicit_choices_stand_unless_the_shape_forbids_them() {
+        assert_eq!(resolve(FusedGroup, 1, false, Software, true), FusedGroup);
+        assert_eq!(resolve(FusedTile, 1, false, Gpu, true), FusedTile);
+        assert_eq!(resolve(FusedTile, 1, false, Gpu, false), FusedGroup);
+        assert_eq!(
+            resolve(DequantMatmul, 1, true, Software, true),
+            DequantMatmul
+        );
+        let chunks = DequantChunks { rows: 16 };
+        assert_eq!(resolve(chunks, 1, false, Gpu, true), chunks);
     }
 }

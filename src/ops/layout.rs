@@ -31,8 +31,16 @@ pub enum MatmulStrategy {
     /// The measured choice for the shape (see [`crate::ops::dispatch`]).
     #[default]
     Auto,
-    /// The fused dequant+matmul WGSL kernel.
+    /// The fused dequant+matmul WGSL kernel that suits the adapter: [`MatmulStrategy::FusedTile`]
+    /// on a software adapter where K is a multiple of 8, else [`MatmulStrategy::FusedGroup`].
     Fused,
+    /// The fused kernel for GPUs (`qmatmul_4bit.wgsl`, `qmatmul_4bit_t.wgsl`): a workgroup row
+    /// reads a row of W coalesced and reduces through workgroup memory.
+    FusedGroup,
+    /// The fused kernel for software adapters (`qmatmul_4bit_tile.wgsl`,
+    /// `qmatmul_4bit_t_tile.wgsl`): each invocation holds a register tile and decodes by
+    /// selects. Needs K a multiple of 8; [`MatmulStrategy::FusedGroup`] serves other shapes.
+    FusedTile,
     /// Dequantize to f32 with the WGSL kernel, then burn's matmul, in chunks of rows of W whose
     /// f32 copy stays under WebGPU's default binding limit (128 MiB).
     DequantMatmul,

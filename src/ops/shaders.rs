@@ -13,6 +13,8 @@ const DEQUANT_4BIT: &str = include_str!("../../shaders/dequant_4bit.wgsl");
 const DEQUANT_4BIT_T: &str = include_str!("../../shaders/dequant_4bit_t.wgsl");
 const QMATMUL_4BIT: &str = include_str!("../../shaders/qmatmul_4bit.wgsl");
 const QMATMUL_4BIT_T: &str = include_str!("../../shaders/qmatmul_4bit_t.wgsl");
+const QMATMUL_4BIT_TILE: &str = include_str!("../../shaders/qmatmul_4bit_tile.wgsl");
+const QMATMUL_4BIT_T_TILE: &str = include_str!("../../shaders/qmatmul_4bit_t_tile.wgsl");
 const LORA: &str = include_str!("../../shaders/lora.wgsl");
 
 /// Invocations per workgroup of the dequantization kernel.
@@ -29,6 +31,15 @@ pub const FUSED_TILES: [u32; 2] = [1, 8];
 pub fn fused_tm(rows: usize) -> u32 {
     if rows == 1 { 1 } else { 8 }
 }
+/// Invocations per workgroup of the register-tiled kernels for software adapters: one vector of
+/// eight f32 lanes on llvmpipe (wider groups measured no faster there, and fewer groups share out
+/// worse over many cores).
+pub const TILE_WG: u32 = 8;
+/// Columns of Y per invocation of `qmatmul_4bit_tile.wgsl`.
+pub const TILE_TN: u32 = 8;
+/// Packed words of W (eight columns of dX each) per invocation of `qmatmul_4bit_t_tile.wgsl`.
+pub const TILE_TW: u32 = 2;
+
 /// Most launch parameters a shader takes (`array<vec4<u32>, 2>`).
 pub const MAX_PARAMS: usize = 8;
 
@@ -73,6 +84,10 @@ pub enum Shader {
     Qmatmul { stats: StatsKind, tm: u32 },
     /// `qmatmul_4bit_t.wgsl`, `tm` rows of dY per workgroup.
     QmatmulT { stats: StatsKind, tm: u32 },
+    /// `qmatmul_4bit_tile.wgsl`, `tm` rows of X per invocation (needs `K % 8 == 0`).
+    QmatmulTile { stats: StatsKind, tm: u32 },
+    /// `qmatmul_4bit_t_tile.wgsl`, `tm` rows of dY per invocation (needs `K % 8 == 0`).
+    QmatmulTTile { stats: StatsKind, tm: u32 },
     /// `lora.wgsl` with a `tm` x `tn` micro-tile per invocation.
     Lora { tm: u32, tn: u32 },
 }
@@ -85,6 +100,7 @@ impl Shader {
             Shader::DequantT(_) => (DEQUANT_T_WG, 1, 1),
             Shader::Qmatmul { .. } => (32, 8, 1),
             Shader::QmatmulT { .. } => (64, 4, 1),
+            Shader::QmatmulTile { .. } | Shader::QmatmulTTile { .. } => (TILE_WG, 1, 1),
             Shader::Lora { .. } => (16, 16, 1),
         }
     }
@@ -135,6 +151,31 @@ impl Shader {
                 );
                 with_common(stats, &body)
             }
+            Shader::QmatmulTile { stats, tm } => {
+                let body = render(
+                    QMATMUL_4BIT_TILE,
+                    &[
+                        ("tm", tm.to_string()),
+                        ("tn", TILE_TN.to_string()),
+                        ("wg", TILE_WG.to_string()),
+                        ("acc_len", (tm * TILE_TN).to_string()),
+                        ("xs_len", (2 * tm).to_string()),
+                    ],
+                );
+                with_common(stats, &body)
+            }
+            Shader::QmatmulTTile { stats, tm } => {
+                let body = render(
+                    QMATMUL_4BIT_T_TILE,
+                    &[
+                        ("tm", tm.to_string()),
+                        ("tw", TILE_TW.to_string()),
+                        ("wg", TILE_WG.to_string()),
+                        ("acc_len", (2 * tm * TILE_TW).to_string()),
+                    ],
+                );
+                with_common(stats, &body)
+            }
             Shader::Lora { tm, tn } => render(
                 LORA,
                 &[
@@ -161,6 +202,8 @@ impl Shader {
             for tm in FUSED_TILES {
                 all.push(Shader::Qmatmul { stats, tm });
                 all.push(Shader::QmatmulT { stats, tm });
+                all.push(Shader::QmatmulTile { stats, tm });
+                all.push(Shader::QmatmulTTile { stats, tm });
             }
         }
         for tm in LORA_TILES {
