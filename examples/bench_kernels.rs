@@ -5,8 +5,10 @@
 //!     [--dense-limit-mib N]
 //! ```
 //! For LLaMA-like weights (K x N in 576x1536, 4096x4096, 4096x11008) and M in 1, 8, 128, 512,
-//! 2048 rows, it measures `Y = X W^T` three ways: the fused WGSL kernel, the WGSL dequantize
-//! followed by burn's matmul, and burn's dense f32 matmul on the unquantized weight. It prints
+//! 2048 rows, it measures `Y = X W^T` three ways: the fused WGSL kernel the adapter takes (the
+//! group kernel on a GPU, the register-tiled one on a software adapter; `MatmulStrategy::Fused`),
+//! the WGSL dequantize followed by burn's matmul, and burn's dense f32 matmul on the unquantized
+//! weight; at M <= 8 also the other fused kernel (`other`, for the record). It prints
 //! GFLOP/s, the ratios fused/dense and fused/dequant+matmul, which 4-bit path wins (the choice
 //! `wgtune::ops::dispatch` encodes), and the bytes of the weight in NF4 vs f32. First it times
 //! each path on a 64x64 weight and one row, work too small to matter: the cost of a call as
@@ -24,8 +26,12 @@ use wgtune::quant::{QuantConfig, QuantizedTensor};
 /// `--dense-limit-mib` raises it on adapters that bind more (a real GPU's Vulkan does).
 const DENSE_LIMIT_MIB: usize = 128;
 
-/// Largest M at which the fused kernel is timed.
+/// Largest M at which the GPU's fused kernel is timed (a software adapter's, which serves every
+/// M, is timed at every M).
 const FUSED_LIMIT: usize = 128;
+
+/// Largest M at which the fused kernel the adapter does not take is timed.
+const OTHER_LIMIT: usize = 8;
 
 struct Args {
     json: bool,
@@ -149,10 +155,18 @@ fn main() {
         "cpu" => Device::ndarray(),
         _ => Device::wgpu(DeviceKind::DefaultDevice),
     };
-    let adapter = device
-        .identity()
+    let identity = device.identity();
+    let adapter = identity
+        .as_ref()
         .map_or_else(|| args.device.clone(), |i| i.name.to_string())
         .replace('"', "'");
+    // No card behind the device: llvmpipe, SwiftShader (see `ops::dispatch`).
+    let software = identity.is_some_and(|i| i.physical.is_none());
+    let (kernel, other_kernel, other) = if software {
+        ("tile", "group", MatmulStrategy::FusedGroup)
+    } else {
+        ("group", "tile", MatmulStrategy::FusedTile)
+    };
     let shapes: &[(usize, usize)] = match args.shapes.as_str() {
         "small" => &[(576, 1536)],
         "large" => &[(4096, 11008)],
@@ -160,7 +174,10 @@ fn main() {
     };
     let floor = call_floor(&device);
     if !args.json {
-        println!("device: {adapter}");
+        println!(
+            "device: {adapter} ({}: fused = the {kernel} kernel, other = the {other_kernel} kernel)",
+            if software { "software adapter" } else { "GPU" }
+        );
         println!(
             "per-call floor (64x64 weight, 1 row): fused {:.1} µs, deq+mm {:.1} µs, dense {:.1} µs",
             floor[0] * 1e6,
@@ -168,8 +185,8 @@ fn main() {
             floor[2] * 1e6
         );
         println!(
-            "{:>5} {:>5} {:>6} | {:>9} {:>9} {:>9} | {:>11} {:>13} | chosen | µs fused / deq+mm / dense",
-            "M", "K", "N", "fused", "deq+mm", "dense", "fused/dense", "fused/deq+mm"
+            "{:>5} {:>5} {:>6} | {:>9} {:>9} {:>9} {:>9} | {:>11} {:>13} | chosen | µs fused / deq+mm / dense",
+            "M", "K", "N", "fused", "deq+mm", "dense", "other", "fused/dense", "fused/deq+mm"
         );
     }
     for &(k, n) in shapes {
@@ -205,12 +222,18 @@ fn main() {
                 Tensor::<2>::from_data(TensorData::new(random(m * k, m as u64), [m, k]), &device);
             let flops = 2.0 * (m * n * k) as f64 / 1e9;
             let out_bytes = m * n * 4;
-            // The fused kernel serves few rows (ops::dispatch); past FUSED_LIMIT rows its time on
-            // a software adapter runs to many minutes per call, so it is not measured there.
-            let fused = (m <= FUSED_LIMIT).then(|| {
+            // On a GPU the fused kernel serves few rows (ops::dispatch), and past FUSED_LIMIT rows
+            // it is not measured.
+            let fused = (m <= FUSED_LIMIT || software).then(|| {
                 flops
                     / time(&device, out_bytes, || {
                         ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::Fused)
+                    })
+            });
+            let other_fused = (m <= OTHER_LIMIT).then(|| {
+                flops
+                    / time(&device, out_bytes, || {
+                        ops::qmatmul_with(x.clone(), &qw, other)
                     })
             });
             let deq = flops
@@ -232,9 +255,10 @@ fn main() {
             let best = Some(fused.map_or(deq, |f| f.max(deq)));
             if args.json {
                 println!(
-                    "{{\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"chosen\":\"{chosen}\",\"dequant_gbps\":{},\"floor_us\":[{:.2},{:.2},{:.2}],\"adapter\":\"{adapter}\"}}",
+                    "{{\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"fused_kernel\":\"{kernel}\",\"other_fused_gflops\":{},\"chosen\":\"{chosen}\",\"dequant_gbps\":{},\"floor_us\":[{:.2},{:.2},{:.2}],\"adapter\":\"{adapter}\"}}",
                     json(fused),
                     json(dense),
+                    json(other_fused),
                     json(dequant_gbps),
                     floor[0] * 1e6,
                     floor[1] * 1e6,
@@ -246,9 +270,10 @@ fn main() {
                     g.map_or("-".to_string(), |g| format!("{:.1}", flops / g * 1e6))
                 };
                 println!(
-                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {:>9} | {:>11} {:>13} | {chosen} (chosen/dense {}) | µs {} / {} / {}",
+                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {:>9} {:>9} | {:>11} {:>13} | {chosen} (chosen/dense {}) | µs {} / {} / {}",
                     fmt(fused),
                     fmt(dense),
+                    fmt(other_fused),
                     fmt(ratio(fused, dense)),
                     fmt(fused.map(|f| f / deq)),
                     fmt(ratio(best, dense)),
