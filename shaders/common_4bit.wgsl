@@ -33,8 +33,8 @@ fn block_absmax(b: u32) -> f32 {
     return scales[b];
 }
 
-// The four codes of a word's elements 0..3 (`NIBBLES_LO`) or 4..7 (`NIBBLES_HI`), as
-// `(vec4(word) >> shifts) & 15u`, matching `nibble`.
+// Bit offsets of a word's elements 0..3 (`NIBBLES_LO`) or 4..7 (`NIBBLES_HI`), as `nibble` reads
+// them, for `decode4`.
 const NIBBLES_LO: vec4<u32> = vec4(4u, 0u, 12u, 8u);
 const NIBBLES_HI: vec4<u32> = vec4(20u, 16u, 28u, 24u);
 
@@ -46,10 +46,12 @@ fn codebook() -> array<vec4<f32>, 4> {
                  vec4(tables[12], tables[13], tables[14], tables[15]));
 }
 
-// code[v] for four codes v at once, by a tree of selects on their bits: c[v >> 2][v & 3]. A
-// software adapter runs invocations as the lanes of CPU vectors, where a table read at an index
-// that differs per lane is one scalar load per lane; the selects are a few vector instructions.
-fn decode4(v: vec4<u32>, c: array<vec4<f32>, 4>) -> vec4<f32> {
+// The code values of four elements of `word` (`shifts`: NIBBLES_LO or NIBBLES_HI), by a tree of
+// selects on the bits of each code v: c[v >> 2][v & 3]. A software adapter runs invocations as
+// the lanes of CPU vectors, where a table read at an index that differs per lane is one scalar
+// load per lane; the selects are a few vector instructions.
+fn decode4(word: u32, shifts: vec4<u32>, c: array<vec4<f32>, 4>) -> vec4<f32> {
+    let v = (vec4(word) >> shifts) & vec4(15u);
     let b0 = (v & vec4(1u)) != vec4(0u);
     let b1 = (v & vec4(2u)) != vec4(0u);
     let b2 = (v & vec4(4u)) != vec4(0u);

@@ -60,8 +60,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let w = n * words + col[t];
             let word = packed[w];
             let scale = block_absmax((w * 8u) / blocksize);
-            let lo = decode4((vec4(word) >> NIBBLES_LO) & vec4(15u), code) * scale;
-            let hi = decode4((vec4(word) >> NIBBLES_HI) & vec4(15u), code) * scale;
+            let lo = decode4(word, NIBBLES_LO, code) * scale;
+            let hi = decode4(word, NIBBLES_HI, code) * scale;
             for (var r = 0u; r < TM; r++) {
                 acc[(r * TW + t) * 2u] += g[r] * lo;
                 acc[(r * TW + t) * 2u + 1u] += g[r] * hi;

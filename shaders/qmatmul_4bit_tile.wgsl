@@ -72,8 +72,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 block[c] = b;
                 scale[c] = block_absmax(b);
             }
-            let lo = decode4((vec4(word) >> NIBBLES_LO) & vec4(15u), code) * scale[c];
-            let hi = decode4((vec4(word) >> NIBBLES_HI) & vec4(15u), code) * scale[c];
+            let lo = decode4(word, NIBBLES_LO, code) * scale[c];
+            let hi = decode4(word, NIBBLES_HI, code) * scale[c];
             for (var r = 0u; r < TM; r++) {
                 acc[r * TN + c] += dot(xs[2u * r], lo) + dot(xs[2u * r + 1u], hi);
             }
