@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use wgtune::model::linear::transpose;
+use wgtune::ops::dispatch::AdapterClass;
 use wgtune::ops::{self, MatmulStrategy, QWeight};
 use wgtune::quant::{QuantConfig, QuantizedTensor};
 
@@ -160,8 +161,9 @@ fn main() {
         .as_ref()
         .map_or_else(|| args.device.clone(), |i| i.name.to_string())
         .replace('"', "'");
-    // No card behind the device: llvmpipe, SwiftShader (see `ops::dispatch`).
-    let software = identity.is_some_and(|i| i.physical.is_none());
+    let software = identity
+        .as_ref()
+        .is_some_and(|i| AdapterClass::of(i) == AdapterClass::Software);
     let (kernel, other_kernel, other) = if software {
         ("tile", "group", MatmulStrategy::FusedGroup)
     } else {

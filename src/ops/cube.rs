@@ -64,16 +64,6 @@ fn empty_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
     )
 }
 
-/// Whether `t`'s device is a GPU or a software adapter (no card behind it: llvmpipe,
-/// SwiftShader, WARP, or a browser's fallback adapter), which decides the fused kernel.
-fn adapter_class(t: &CubeTensor) -> AdapterClass {
-    if t.client.properties().identity.physical.is_none() {
-        AdapterClass::Software
-    } else {
-        AdapterClass::Gpu
-    }
-}
-
 /// Split `groups` workgroups over x and y so neither exceeds the 65535 limit.
 fn grid_2d(groups: usize) -> (u32, u32) {
     const MAX: usize = 65535;
@@ -256,7 +246,7 @@ fn linear(
         strategy,
         m,
         transposed,
-        adapter_class(&input),
+        AdapterClass::of(&input.client.properties().identity),
         k.is_multiple_of(8),
     );
     let chunk = match resolved {

@@ -14,6 +14,8 @@
 //!
 //! Measured on llvmpipe (2 cores) and an H200: see the tables in README.md ("Kernel benchmark").
 
+use burn::cubecl::ir::DeviceIdentity;
+
 use super::layout::MatmulStrategy;
 
 /// Largest number of rows (tokens) for which the GPU fused kernel serves `Y = X W^T`.
@@ -28,6 +30,18 @@ pub enum AdapterClass {
     Gpu,
     /// A software implementation on the CPU: Mesa's llvmpipe, SwiftShader, WARP.
     Software,
+}
+
+impl AdapterClass {
+    /// The class of the device `identity` names: software where no card is behind it (CubeCL
+    /// reports no physical device for llvmpipe, SwiftShader, WARP or a browser's fallback adapter).
+    pub fn of(identity: &DeviceIdentity) -> Self {
+        if identity.physical.is_none() {
+            AdapterClass::Software
+        } else {
+            AdapterClass::Gpu
+        }
+    }
 }
 
 /// The concrete strategy for `rows` rows of X on `adapter`, for a weight whose rows hold whole
