@@ -152,8 +152,7 @@ fn call_floor(device: &Device) -> [f64; 3] {
 fn main() {
     let args = parse_args();
     let device = match args.device.as_str() {
-        #[allow(deprecated)] // burn-ndarray: the CPU backend the reference path uses
-        "cpu" => Device::ndarray(),
+        "cpu" => Device::flex(),
         _ => Device::wgpu(DeviceKind::DefaultDevice),
     };
     let identity = device.identity();

@@ -274,9 +274,8 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
 mod tests {
     use super::*;
 
-    #[allow(deprecated)]
     fn cpu() -> Device {
-        Device::ndarray()
+        Device::flex()
     }
 
     fn bools(m: Tensor<2, Bool>) -> Vec<bool> {

@@ -22,7 +22,7 @@ pub enum FrozenWeight {
     /// Packed 4-bit (NF4/FP4) weight; products through [`ops::qmatmul`].
     Quantized(QWeight),
     /// Plain f32 weight (`--quant none`), stored transposed as a contiguous `Wᵀ: [in, out]` so
-    /// `x·Wᵀ` is a plain matmul (a transposed view made ndarray's matmul ~5x slower); a tensor
+    /// `x·Wᵀ` is a plain matmul (a transposed view made burn-ndarray's matmul ~5x slower); a tensor
     /// that never requires a gradient. Build it with [`FrozenWeight::float`].
     Float(Tensor<2>),
 }
@@ -158,9 +158,8 @@ mod tests {
     use crate::quant::{QuantConfig, QuantizedTensor};
     use burn::tensor::{Device, TensorData};
 
-    #[allow(deprecated)]
     fn cpu() -> Device {
-        Device::ndarray()
+        Device::flex()
     }
 
     fn vals(n: usize, seed: u32) -> Vec<f32> {

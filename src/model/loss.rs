@@ -180,8 +180,7 @@ mod tests {
     /// for chunks that split sequences and batch rows unevenly.
     #[test]
     fn chunked_head_matches_one_graph() {
-        #[allow(deprecated)]
-        let device = Device::ndarray().autodiff();
+        let device = Device::flex().autodiff();
         let (b, s, h, v) = (2, 5, 3, 7);
         let wave = |n: usize, f: f32| (0..n).map(|i| ((i as f32) * f).sin()).collect::<Vec<_>>();
         let x = Tensor::<3>::from_data(TensorData::new(wave(b * s * h, 0.7), [b, s, h]), &device);
@@ -222,14 +221,14 @@ mod tests {
 
     #[test]
     fn next_token_targets_shift_and_ignore_the_last() {
-        #[allow(deprecated)]
-        let device = Device::ndarray();
+        let device = Device::flex();
         let labels = Tensor::<2, Int>::from_data(
             TensorData::new(vec![1i64, 2, 3, 4, 5, 6], [2, 3]),
             &device,
         );
         let t = next_token_targets(labels)
             .into_data()
+            .convert::<i64>()
             .try_to_vec::<i64>()
             .unwrap();
         assert_eq!(t, [2, 3, IGNORE_INDEX, 5, 6, IGNORE_INDEX]);
@@ -237,8 +236,7 @@ mod tests {
 
     #[test]
     fn shifted_and_masked() {
-        #[allow(deprecated)]
-        let device = Device::ndarray();
+        let device = Device::flex();
         // b = 1, s = 3, v = 2.
         let logits = Tensor::<3>::from_data(
             TensorData::new(vec![0.0f32, 1.0, 2.0, 0.0, 5.0, 5.0], [1, 3, 2]),

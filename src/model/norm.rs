@@ -39,8 +39,7 @@ mod tests {
 
     #[test]
     fn matches_the_formula() {
-        #[allow(deprecated)]
-        let device = Device::ndarray();
+        let device = Device::flex();
         let x = Tensor::<2>::from_data(
             TensorData::new(vec![1.0f32, 2.0, 3.0, -4.0], [2, 2]),
             &device,

@@ -1155,9 +1155,8 @@ mod tests {
         LlamaConfig::from_json(&text, Path::new("config.json")).expect("config")
     }
 
-    #[allow(deprecated)]
     fn cpu() -> Device {
-        Device::ndarray()
+        Device::flex()
     }
 
     #[test]

@@ -189,9 +189,8 @@ mod tests {
     use super::*;
     use burn::tensor::{Device, TensorData};
 
-    #[allow(deprecated)]
     fn cpu() -> Device {
-        Device::ndarray()
+        Device::flex()
     }
 
     fn t(v: &[f32]) -> Tensor<2> {

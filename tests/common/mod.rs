@@ -46,9 +46,8 @@ pub fn wgpu() -> Device {
 }
 
 /// burn's CPU backend, where the reference implementation runs as the oracle.
-#[allow(deprecated)] // burn-ndarray: the CPU backend DESIGN.md measured fastest here
 pub fn cpu() -> Device {
-    Device::ndarray()
+    Device::flex()
 }
 
 /// Host copy of a tensor's values.

@@ -30,9 +30,8 @@ use wgtune::quant::QuantConfig;
 
 const ADAPTER: &str = "adapter-after-10-steps";
 
-#[allow(deprecated)] // burn-ndarray: the CPU backend
 fn cpu() -> Device {
-    Device::ndarray()
+    Device::flex()
 }
 
 /// `wgtune merge --model MODEL --adapter ADAPTER --out OUT [extra..]`.
