@@ -152,7 +152,7 @@ fn call_floor(device: &Device) -> [f64; 3] {
 fn main() {
     let args = parse_args();
     let device = match args.device.as_str() {
-        "cpu" => Device::flex(),
+        "cpu" => wgtune::device::cpu_backend(),
         _ => Device::wgpu(DeviceKind::DefaultDevice),
     };
     let identity = device.identity();

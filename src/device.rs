@@ -111,17 +111,22 @@ pub fn select(choice: DeviceChoice) -> Selected {
 fn cpu() -> Selected {
     #[cfg(feature = "native")]
     {
-        // burn-flex: gemm-crate matmuls and SIMD elementwise kernels on every core. It replaced
-        // the deprecated burn-ndarray: NF4 training 1.5-1.8x faster at 0.72x the peak RSS on
-        // SmolLM2 (bench_train, 2 cores).
-        let device = Device::flex();
         Selected {
-            device,
+            device: cpu_backend(),
             description: "cpu (burn flex, reference path)".to_string(),
         }
     }
     #[cfg(not(feature = "native"))]
     select(DeviceChoice::Wgpu)
+}
+
+/// burn's CPU backend, the one device the reference path runs on (for `--device cpu`, and as the
+/// oracle in tests): burn-flex, gemm-crate matmuls and SIMD elementwise kernels on every core.
+/// It replaced the deprecated burn-ndarray: NF4 training 1.5-1.8x faster at 0.72x the peak RSS
+/// on SmolLM2 (bench_train, 2 cores).
+#[cfg(feature = "native")]
+pub fn cpu_backend() -> Device {
+    Device::flex()
 }
 
 /// One wgpu adapter and what matters about it for wgtune's kernels.

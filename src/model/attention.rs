@@ -275,7 +275,7 @@ mod tests {
     use super::*;
 
     fn cpu() -> Device {
-        Device::flex()
+        crate::device::cpu_backend()
     }
 
     fn bools(m: Tensor<2, Bool>) -> Vec<bool> {

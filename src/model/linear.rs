@@ -159,7 +159,7 @@ mod tests {
     use burn::tensor::{Device, TensorData};
 
     fn cpu() -> Device {
-        Device::flex()
+        crate::device::cpu_backend()
     }
 
     fn vals(n: usize, seed: u32) -> Vec<f32> {

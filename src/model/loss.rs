@@ -174,13 +174,13 @@ fn head_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::TensorData;
 
     /// The chunked head gives the loss and input gradient of one graph over the whole head,
     /// for chunks that split sequences and batch rows unevenly.
     #[test]
     fn chunked_head_matches_one_graph() {
-        let device = Device::flex().autodiff();
+        let device = crate::device::cpu_backend().autodiff();
         let (b, s, h, v) = (2, 5, 3, 7);
         let wave = |n: usize, f: f32| (0..n).map(|i| ((i as f32) * f).sin()).collect::<Vec<_>>();
         let x = Tensor::<3>::from_data(TensorData::new(wave(b * s * h, 0.7), [b, s, h]), &device);
@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn next_token_targets_shift_and_ignore_the_last() {
-        let device = Device::flex();
+        let device = crate::device::cpu_backend();
         let labels = Tensor::<2, Int>::from_data(
             TensorData::new(vec![1i64, 2, 3, 4, 5, 6], [2, 3]),
             &device,
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn shifted_and_masked() {
-        let device = Device::flex();
+        let device = crate::device::cpu_backend();
         // b = 1, s = 3, v = 2.
         let logits = Tensor::<3>::from_data(
             TensorData::new(vec![0.0f32, 1.0, 2.0, 0.0, 5.0, 5.0], [1, 3, 2]),

@@ -35,11 +35,11 @@ impl RmsNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::TensorData;
 
     #[test]
     fn matches_the_formula() {
-        let device = Device::flex();
+        let device = crate::device::cpu_backend();
         let x = Tensor::<2>::from_data(
             TensorData::new(vec![1.0f32, 2.0, 3.0, -4.0], [2, 2]),
             &device,

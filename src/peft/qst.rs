@@ -1156,7 +1156,7 @@ mod tests {
     }
 
     fn cpu() -> Device {
-        Device::flex()
+        crate::device::cpu_backend()
     }
 
     #[test]

@@ -190,7 +190,7 @@ mod tests {
     use burn::tensor::{Device, TensorData};
 
     fn cpu() -> Device {
-        Device::flex()
+        crate::device::cpu_backend()
     }
 
     fn t(v: &[f32]) -> Tensor<2> {

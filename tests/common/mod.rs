@@ -47,7 +47,7 @@ pub fn wgpu() -> Device {
 
 /// burn's CPU backend, where the reference implementation runs as the oracle.
 pub fn cpu() -> Device {
-    Device::flex()
+    wgtune::device::cpu_backend()
 }
 
 /// Host copy of a tensor's values.

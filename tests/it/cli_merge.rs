@@ -31,7 +31,7 @@ use wgtune::quant::QuantConfig;
 const ADAPTER: &str = "adapter-after-10-steps";
 
 fn cpu() -> Device {
-    Device::flex()
+    wgtune::device::cpu_backend()
 }
 
 /// `wgtune merge --model MODEL --adapter ADAPTER --out OUT [extra..]`.
