@@ -2,15 +2,19 @@
 //!
 //! ```text
 //! cargo run --release --example bench_kernels [-- --json] [--device wgpu|cpu] [--shapes small|large|all]
-//!     [--dense-limit-mib N]
+//!     [--rows 1,8,128,512,2048] [--transposed] [--dense-limit-mib N]
 //! ```
+//! `--transposed` times the input gradient `dX = dY W` (the backward pass's product) instead of
+//! `Y = X W^T`, with the same paths.
 //! For LLaMA-like weights (K x N in 576x1536, 4096x4096, 4096x11008) and M in 1, 8, 128, 512,
 //! 2048 rows, it measures `Y = X W^T` three ways: the fused WGSL kernel the adapter takes (the
 //! group kernel on a GPU, the register-tiled one on a software adapter; `MatmulStrategy::Fused`),
 //! the WGSL dequantize followed by burn's matmul, and burn's dense f32 matmul on the unquantized
-//! weight; at M <= 8 also the other fused kernel (`other`, for the record). It prints
-//! GFLOP/s, the ratios fused/dense and fused/dequant+matmul, which 4-bit path wins (the choice
-//! `wgtune::ops::dispatch` encodes), and the bytes of the weight in NF4 vs f32. First it times
+//! weight; at M <= 8 also the other fused kernel (`other`, for the record), and at M >= 128 the
+//! tiled 4-bit GEMM with both workgroup tiles (`gemm64`, `gemm128`). It prints GFLOP/s, the
+//! ratios fused/dense and fused/dequant+matmul, which 4-bit path wins and which one
+//! `wgtune::ops::dispatch` takes (a mismatch is marked `!`), and the bytes of the weight in NF4
+//! vs f32. First it times
 //! each path on a 64x64 weight and one row, work too small to matter: the cost of a call as
 //! such (launches, bindings, synchronization), the floor under the small shapes' times (with
 //! `--json`: `floor_us`, [fused, dequant+matmul, dense], on every line).
@@ -19,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use wgtune::model::linear::transpose;
-use wgtune::ops::dispatch::AdapterClass;
-use wgtune::ops::{self, MatmulStrategy, QWeight};
+use wgtune::ops::dispatch::{self, AdapterClass};
+use wgtune::ops::{self, GemmTile, MatmulStrategy, QWeight};
 use wgtune::quant::{QuantConfig, QuantizedTensor};
 
 /// Largest f32 weight the dense baseline uploads by default (WebGPU's default binding limit);
@@ -34,8 +38,14 @@ const FUSED_LIMIT: usize = 128;
 /// Largest M at which the fused kernel the adapter does not take is timed.
 const OTHER_LIMIT: usize = 8;
 
+/// Smallest M at which the tiled 4-bit GEMM is timed (below it most of its 64- or 128-row tile
+/// would be padding).
+const GEMM_MIN: usize = 128;
+
 struct Args {
     json: bool,
+    rows: Vec<usize>,
+    transposed: bool,
     device: String,
     shapes: String,
     dense_limit_mib: usize,
@@ -44,6 +54,8 @@ struct Args {
 fn parse_args() -> Args {
     let mut args = Args {
         json: false,
+        rows: vec![1, 8, 128, 512, 2048],
+        transposed: false,
         device: "wgpu".into(),
         shapes: "all".into(),
         dense_limit_mib: DENSE_LIMIT_MIB,
@@ -52,6 +64,20 @@ fn parse_args() -> Args {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--json" => args.json = true,
+            "--transposed" => args.transposed = true,
+            "--rows" => {
+                let list = it.next().unwrap_or_default();
+                args.rows = list
+                    .split(',')
+                    .map(|r| r.trim().parse().ok().filter(|&r: &usize| r > 0))
+                    .collect::<Option<Vec<usize>>>()
+                    .unwrap_or_else(|| {
+                        eprintln!(
+                            "--rows needs positive row counts separated by commas, got '{list}'"
+                        );
+                        std::process::exit(2);
+                    })
+            }
             "--device" => args.device = it.next().unwrap_or_default(),
             "--shapes" => args.shapes = it.next().unwrap_or_default(),
             "--dense-limit-mib" => {
@@ -62,7 +88,7 @@ fn parse_args() -> Args {
             }
             other => {
                 eprintln!(
-                    "unknown argument {other}; usage: bench_kernels [--json] [--device wgpu] [--shapes small|large|all] [--dense-limit-mib N]"
+                    "unknown argument {other}; usage: bench_kernels [--json] [--device wgpu] [--shapes small|large|all] [--rows 1,8,..] [--transposed] [--dense-limit-mib N]"
                 );
                 std::process::exit(2);
             }
@@ -176,8 +202,13 @@ fn main() {
     let floor = call_floor(&device);
     if !args.json {
         println!(
-            "device: {adapter} ({}: fused = the {kernel} kernel, other = the {other_kernel} kernel)",
-            if software { "software adapter" } else { "GPU" }
+            "device: {adapter} ({}: fused = the {kernel} kernel, other = the {other_kernel} kernel); timing {}",
+            if software { "software adapter" } else { "GPU" },
+            if args.transposed {
+                "dX = dY W (M x N times N x K)"
+            } else {
+                "Y = X W^T (M x K times K x N)"
+            }
         );
         println!(
             "per-call floor (64x64 weight, 1 row): fused {:.1} µs, deq+mm {:.1} µs, dense {:.1} µs",
@@ -186,18 +217,43 @@ fn main() {
             floor[2] * 1e6
         );
         println!(
-            "{:>5} {:>5} {:>6} | {:>9} {:>9} {:>9} {:>9} | {:>11} {:>13} | chosen | µs fused / deq+mm / dense",
-            "M", "K", "N", "fused", "deq+mm", "dense", "other", "fused/dense", "fused/deq+mm"
+            "{:>5} {:>5} {:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>13} | fastest 4-bit (dispatch) | µs fused / deq+mm / dense",
+            "M",
+            "K",
+            "N",
+            "fused",
+            "deq+mm",
+            "dense",
+            "other",
+            "gemm64",
+            "gemm128",
+            "fused/dense",
+            "fused/deq+mm"
         );
     }
+    let op = if args.transposed { "dy_w" } else { "x_wt" };
     for &(k, n) in shapes {
         let w = random(n * k, (k * n) as u64);
         let q = QuantizedTensor::quantize(&w, &[n, k], QuantConfig::default()).expect("quantize");
         let qw = QWeight::upload(&q, &device);
-        // W^T laid out contiguously, as a dense model stores it for X W^T.
-        let wt = transpose(&w, n, k);
+        // The dense operand: W^T laid out contiguously, as a dense model stores it for X W^T, or
+        // W itself for dY W.
+        let (inner, outer) = if args.transposed { (n, k) } else { (k, n) };
+        let dense_w = if args.transposed {
+            w.clone()
+        } else {
+            transpose(&w, n, k)
+        };
         let dense_t = (n * k * 4 <= args.dense_limit_mib << 20)
-            .then(|| Tensor::<2>::from_data(TensorData::new(wt, [k, n]), &device));
+            .then(|| Tensor::<2>::from_data(TensorData::new(dense_w, [inner, outer]), &device));
+        // The 4-bit product the row timings measure.
+        let product = |x: &Tensor<2>, strategy| {
+            if args.transposed {
+                ops::qmatmul_t_with(x.clone(), &qw, strategy)
+            } else {
+                ops::qmatmul_with(x.clone(), &qw, strategy)
+            }
+        };
         // The dequantization alone, as bytes moved (4-bit read + f32 written) per second; it is
         // one f32 buffer, so it runs where the dense weight fits.
         let dequant_s = dense_t
@@ -218,48 +274,83 @@ fn main() {
                     ))
             );
         }
-        for m in [1usize, 8, 128, 512, 2048] {
-            let x =
-                Tensor::<2>::from_data(TensorData::new(random(m * k, m as u64), [m, k]), &device);
+        for &m in &args.rows {
+            let x = Tensor::<2>::from_data(
+                TensorData::new(random(m * inner, m as u64), [m, inner]),
+                &device,
+            );
             let flops = 2.0 * (m * n * k) as f64 / 1e9;
-            let out_bytes = m * n * 4;
+            let out_bytes = m * outer * 4;
             // On a GPU the fused kernel serves few rows (ops::dispatch), and past FUSED_LIMIT rows
             // it is not measured.
-            let fused = (m <= FUSED_LIMIT || software).then(|| {
-                flops
-                    / time(&device, out_bytes, || {
-                        ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::Fused)
-                    })
-            });
-            let other_fused = (m <= OTHER_LIMIT).then(|| {
-                flops
-                    / time(&device, out_bytes, || {
-                        ops::qmatmul_with(x.clone(), &qw, other)
-                    })
+            let fused = (m <= FUSED_LIMIT || software)
+                .then(|| flops / time(&device, out_bytes, || product(&x, MatmulStrategy::Fused)));
+            let other_fused =
+                (m <= OTHER_LIMIT).then(|| flops / time(&device, out_bytes, || product(&x, other)));
+            let gemm = GemmTile::ALL.map(|tile| {
+                (m >= GEMM_MIN).then(|| {
+                    flops
+                        / time(&device, out_bytes, || {
+                            product(&x, MatmulStrategy::FusedGemm(tile))
+                        })
+                })
             });
             let deq = flops
                 / time(&device, out_bytes, || {
-                    ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::DequantMatmul)
+                    product(&x, MatmulStrategy::DequantMatmul)
                 });
             // One f32 copy of a large weight exceeds WebGPU's default 128 MiB binding limit, which
             // software adapters and browsers enforce: the dense baseline cannot run there.
             let dense = dense_t
                 .as_ref()
                 .map(|wt| flops / time(&device, out_bytes, || x.clone().matmul(wt.clone())));
-            let chosen = match fused {
-                Some(f) if f >= deq => "fused",
+            // The fastest 4-bit path measured, and the one the dispatch takes for this shape.
+            let candidates = [
+                (kernel, fused),
+                ("dequant_matmul", Some(deq)),
+                ("gemm64", gemm[0]),
+                ("gemm128", gemm[1]),
+            ];
+            let (fastest, best) = candidates
+                .iter()
+                .filter_map(|&(name, g)| g.map(|g| (name, g)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("dequantize+matmul is always timed");
+            let chosen = if fastest == "dequant_matmul" {
+                "dequant_matmul"
+            } else {
+                "fused"
+            };
+            let class = if software {
+                AdapterClass::Software
+            } else {
+                AdapterClass::Gpu
+            };
+            let dispatched = match dispatch::resolve(
+                MatmulStrategy::Auto,
+                m,
+                args.transposed,
+                class,
+                k.is_multiple_of(8),
+            ) {
+                MatmulStrategy::FusedGroup => "group",
+                MatmulStrategy::FusedTile => "tile",
+                MatmulStrategy::FusedGemm(GemmTile::T64) => "gemm64",
+                MatmulStrategy::FusedGemm(GemmTile::T128) => "gemm128",
                 _ => "dequant_matmul",
             };
             let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
             let json = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.4}"));
             let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
-            let best = Some(fused.map_or(deq, |f| f.max(deq)));
+            let best = Some(best);
             if args.json {
                 println!(
-                    "{{\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"fused_kernel\":\"{kernel}\",\"other_fused_gflops\":{},\"chosen\":\"{chosen}\",\"dequant_gbps\":{},\"floor_us\":[{:.2},{:.2},{:.2}],\"adapter\":\"{adapter}\"}}",
+                    "{{\"op\":\"{op}\",\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"fused_kernel\":\"{kernel}\",\"other_fused_gflops\":{},\"gemm_gflops\":[{},{}],\"chosen\":\"{chosen}\",\"fastest\":\"{fastest}\",\"dispatch\":\"{dispatched}\",\"dequant_gbps\":{},\"floor_us\":[{:.2},{:.2},{:.2}],\"adapter\":\"{adapter}\"}}",
                     json(fused),
                     json(dense),
                     json(other_fused),
+                    json(gemm[0]),
+                    json(gemm[1]),
                     json(dequant_gbps),
                     floor[0] * 1e6,
                     floor[1] * 1e6,
@@ -271,12 +362,15 @@ fn main() {
                     g.map_or("-".to_string(), |g| format!("{:.1}", flops / g * 1e6))
                 };
                 println!(
-                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {:>9} {:>9} | {:>11} {:>13} | {chosen} (chosen/dense {}) | µs {} / {} / {}",
+                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>13} | {fastest} ({dispatched}{}) (fastest/dense {}) | µs {} / {} / {}",
                     fmt(fused),
                     fmt(dense),
                     fmt(other_fused),
+                    fmt(gemm[0]),
+                    fmt(gemm[1]),
                     fmt(ratio(fused, dense)),
                     fmt(fused.map(|f| f / deq)),
+                    if fastest == dispatched { "" } else { " !" },
                     fmt(ratio(best, dense)),
                     us(fused),
                     us(Some(deq)),

@@ -263,6 +263,31 @@ fn linear(
     if m == 0 {
         return out;
     }
+    let [p, q, s, t] = w.buffers();
+    if let MatmulStrategy::FusedGemm(tile) = resolved {
+        // A (16 * tile)^2 tile of the output per workgroup, no 2-D split needed: even K or N of
+        // 128k columns is 1024 groups.
+        let side = tile.side();
+        let tile = tile.per_invocation();
+        let shader = if transposed {
+            Shader::QmatmulTGemm {
+                stats: w.stats,
+                tile,
+            }
+        } else {
+            Shader::QmatmulGemm {
+                stats: w.stats,
+                tile,
+            }
+        };
+        launch(
+            shader,
+            (outer.div_ceil(side) as u32, m.div_ceil(side) as u32, 1),
+            &[p, q, s, t, &input, &out],
+            &[m as u32, n as u32, k as u32, layout.blocksize as u32],
+        );
+        return out;
+    }
     let tm = shaders::fused_tm(m);
     let tile = resolved == MatmulStrategy::FusedTile;
     // Output columns each workgroup covers.
@@ -279,7 +304,6 @@ fn linear(
         ),
     };
     let (gx, gy) = grid_2d(outer.div_ceil(columns_per_group as usize));
-    let [p, q, s, t] = w.buffers();
     launch(
         shader,
         (gx, gy, m.div_ceil(tm as usize) as u32),

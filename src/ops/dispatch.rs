@@ -11,6 +11,9 @@
 //!   There the register-tiled fused kernel, which decodes each weight once per 8 rows with vector
 //!   selects and never writes an f32 copy of W, beat dequantize+matmul at every row count measured
 //!   (1 to 2048 rows on llvmpipe), so it serves every shape with whole packed words per row.
+//! - The tiled 4-bit GEMM ([`MatmulStrategy::FusedGemm`]) is not chosen yet: it is written for
+//!   GPUs, where it avoids the second dispatch and the f32 copy of dequantize+matmul, and only a
+//!   GPU measurement (bench_kernels' `gemm64`, `gemm128` columns) can place it.
 //!
 //! Measured on llvmpipe (2 cores) and an H200: see the tables in README.md ("Kernel benchmark").
 
@@ -65,6 +68,7 @@ pub fn resolve(
         MatmulStrategy::Auto => MatmulStrategy::DequantMatmul,
         MatmulStrategy::Fused => MatmulStrategy::FusedGroup,
         MatmulStrategy::FusedTile if !whole_words => MatmulStrategy::FusedGroup,
+        MatmulStrategy::FusedGemm(_) if !whole_words => MatmulStrategy::DequantMatmul,
         chosen => chosen,
     }
 }
@@ -72,6 +76,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::GemmTile;
     use AdapterClass::{Gpu, Software};
     use MatmulStrategy::*;
 
@@ -101,6 +106,16 @@ mod tests {
         assert_eq!(resolve(FusedGroup, 1, false, Software, true), FusedGroup);
         assert_eq!(resolve(FusedTile, 1, false, Gpu, true), FusedTile);
         assert_eq!(resolve(FusedTile, 1, false, Gpu, false), FusedGroup);
+        for tile in GemmTile::ALL {
+            assert_eq!(
+                resolve(FusedGemm(tile), 1, true, Gpu, true),
+                FusedGemm(tile)
+            );
+            assert_eq!(
+                resolve(FusedGemm(tile), 512, false, Gpu, false),
+                DequantMatmul
+            );
+        }
         assert_eq!(
             resolve(DequantMatmul, 1, true, Software, true),
             DequantMatmul

@@ -41,6 +41,10 @@ pub enum MatmulStrategy {
     /// `qmatmul_4bit_t_tile.wgsl`): each invocation holds a register tile and decodes by
     /// selects. Needs K a multiple of 8; [`MatmulStrategy::FusedGroup`] serves other shapes.
     FusedTile,
+    /// The tiled 4-bit GEMM (`qmatmul_4bit_gemm.wgsl`, `qmatmul_4bit_t_gemm.wgsl`): an f32
+    /// SGEMM whose tiles of W are dequantized on their way into workgroup memory, for many rows
+    /// on a GPU. Needs K a multiple of 8; [`MatmulStrategy::DequantMatmul`] serves other shapes.
+    FusedGemm(GemmTile),
     /// Dequantize to f32 with the WGSL kernel, then burn's matmul, in chunks of rows of W whose
     /// f32 copy stays under WebGPU's default binding limit (128 MiB).
     DequantMatmul,
@@ -50,6 +54,35 @@ pub enum MatmulStrategy {
         /// Rows of W dequantized at a time.
         rows: usize,
     },
+}
+
+/// The output tile one workgroup of the tiled 4-bit GEMM computes (16 x 16 invocations, each
+/// holding a square register tile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmTile {
+    /// 64 x 64 outputs, 4 x 4 per invocation, 8 KiB of workgroup memory.
+    T64,
+    /// 128 x 128 outputs, 8 x 8 per invocation, 16 KiB of workgroup memory (WebGPU's default
+    /// limit): twice the reuse of each staged value, a quarter of the workgroups.
+    T128,
+}
+
+impl GemmTile {
+    /// Every tile, in the order the benchmark lists them.
+    pub const ALL: [GemmTile; 2] = [GemmTile::T64, GemmTile::T128];
+
+    /// Rows (and columns) of the output each invocation holds.
+    pub fn per_invocation(self) -> u32 {
+        match self {
+            GemmTile::T64 => 4,
+            GemmTile::T128 => 8,
+        }
+    }
+
+    /// Rows (and columns) of the output each workgroup computes.
+    pub fn side(self) -> usize {
+        16 * self.per_invocation() as usize
+    }
 }
 
 /// Output shape of `X * W^T`: X's shape with the last dimension replaced by `out_features`.

@@ -18,7 +18,7 @@ use burn::backend::{Dispatch, DispatchTensor};
 use burn::tensor::Tensor;
 
 pub use backend::QuantBackend;
-pub use layout::{MatmulStrategy, QLayout};
+pub use layout::{GemmTile, MatmulStrategy, QLayout};
 pub use weight::{OpsPath, QWeight, TABLES_LEN};
 
 /// The weight's four tensors (packed, absmax_q, scales, tables) in dispatch form.

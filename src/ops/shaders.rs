@@ -8,6 +8,8 @@
 //! `var<uniform> params: array<vec4<u32>, 2>` in the binding after its storage buffers: CubeCL's
 //! per-launch info uniform, which it fills from [`pack_params`]'s 64-bit words.
 
+use super::layout::GemmTile;
+
 const COMMON_4BIT: &str = include_str!("../../shaders/common_4bit.wgsl");
 const DEQUANT_4BIT: &str = include_str!("../../shaders/dequant_4bit.wgsl");
 const DEQUANT_4BIT_T: &str = include_str!("../../shaders/dequant_4bit_t.wgsl");
@@ -15,6 +17,8 @@ const QMATMUL_4BIT: &str = include_str!("../../shaders/qmatmul_4bit.wgsl");
 const QMATMUL_4BIT_T: &str = include_str!("../../shaders/qmatmul_4bit_t.wgsl");
 const QMATMUL_4BIT_TILE: &str = include_str!("../../shaders/qmatmul_4bit_tile.wgsl");
 const QMATMUL_4BIT_T_TILE: &str = include_str!("../../shaders/qmatmul_4bit_t_tile.wgsl");
+const QMATMUL_4BIT_GEMM: &str = include_str!("../../shaders/qmatmul_4bit_gemm.wgsl");
+const QMATMUL_4BIT_T_GEMM: &str = include_str!("../../shaders/qmatmul_4bit_t_gemm.wgsl");
 const LORA: &str = include_str!("../../shaders/lora.wgsl");
 
 /// Invocations per workgroup of the dequantization kernel.
@@ -88,6 +92,12 @@ pub enum Shader {
     QmatmulTile { stats: StatsKind, tm: u32 },
     /// `qmatmul_4bit_t_tile.wgsl`, `tm` rows of dY per invocation (needs `K % 8 == 0`).
     QmatmulTTile { stats: StatsKind, tm: u32 },
+    /// `qmatmul_4bit_gemm.wgsl` with a `tile` x `tile` register tile per invocation (needs
+    /// `K % 8 == 0`).
+    QmatmulGemm { stats: StatsKind, tile: u32 },
+    /// `qmatmul_4bit_t_gemm.wgsl` with a `tile` x `tile` register tile per invocation (needs
+    /// `K % 8 == 0`).
+    QmatmulTGemm { stats: StatsKind, tile: u32 },
     /// `lora.wgsl` with a `tm` x `tn` micro-tile per invocation.
     Lora { tm: u32, tn: u32 },
 }
@@ -101,6 +111,7 @@ impl Shader {
             Shader::Qmatmul { .. } => (32, 8, 1),
             Shader::QmatmulT { .. } => (64, 4, 1),
             Shader::QmatmulTile { .. } | Shader::QmatmulTTile { .. } => (TILE_WG, 1, 1),
+            Shader::QmatmulGemm { .. } | Shader::QmatmulTGemm { .. } => (16, 16, 1),
             Shader::Lora { .. } => (16, 16, 1),
         }
     }
@@ -176,6 +187,26 @@ impl Shader {
                 );
                 with_common(stats, &body)
             }
+            Shader::QmatmulGemm { stats, tile } | Shader::QmatmulTGemm { stats, tile } => {
+                let template = match self {
+                    Shader::QmatmulGemm { .. } => QMATMUL_4BIT_GEMM,
+                    _ => QMATMUL_4BIT_T_GEMM,
+                };
+                // Staged slices of 16: [16][16 * tile / 4] vec4 each of X (dY) and W.
+                let staged = (16 * 16 * tile / 4).to_string();
+                let body = render(
+                    template,
+                    &[
+                        ("tm", tile.to_string()),
+                        ("tn", tile.to_string()),
+                        ("tn4", (tile / 4).to_string()),
+                        ("xs_len", staged.clone()),
+                        ("ws_len", staged),
+                        ("acc_len", (tile * tile / 4).to_string()),
+                    ],
+                );
+                with_common(stats, &body)
+            }
             Shader::Lora { tm, tn } => render(
                 LORA,
                 &[
@@ -204,6 +235,10 @@ impl Shader {
                 all.push(Shader::QmatmulT { stats, tm });
                 all.push(Shader::QmatmulTile { stats, tm });
                 all.push(Shader::QmatmulTTile { stats, tm });
+            }
+            for tile in GemmTile::ALL.map(GemmTile::per_invocation) {
+                all.push(Shader::QmatmulGemm { stats, tile });
+                all.push(Shader::QmatmulTGemm { stats, tile });
             }
         }
         for tm in LORA_TILES {

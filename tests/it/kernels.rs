@@ -10,7 +10,7 @@ use crate::common;
 
 use burn::tensor::Tensor;
 use common::{cpu, rand_vec, rel_err, tensor, values, wgpu};
-use wgtune::ops::{self, MatmulStrategy, OpsPath, QWeight};
+use wgtune::ops::{self, GemmTile, MatmulStrategy, OpsPath, QWeight};
 use wgtune::quant::{QuantConfig, QuantFormat, QuantizedTensor};
 
 const FWD_TOL: f32 = 1e-4;
@@ -19,13 +19,15 @@ const GRAD_TOL: f32 = 1e-3;
 /// (N, K, blocksize): K and N off every tile and block multiple, odd element counts included.
 const SHAPES: [(usize, usize, usize); 3] = [(33, 70, 64), (70, 200, 128), (7, 1000, 64)];
 
-/// Every kernel path, each forced whatever the adapter (the tiled kernel needs K % 8 == 0: at
-/// K = 70 it hands over to the group kernel).
-const STRATEGIES: [MatmulStrategy; 6] = [
+/// Every kernel path, each forced whatever the adapter (the tiled kernel and the GEMM need
+/// K % 8 == 0: at K = 70 they hand over to the group kernel and to dequantize+matmul).
+const STRATEGIES: [MatmulStrategy; 8] = [
     MatmulStrategy::Auto,
     MatmulStrategy::Fused,
     MatmulStrategy::FusedGroup,
     MatmulStrategy::FusedTile,
+    MatmulStrategy::FusedGemm(GemmTile::T64),
+    MatmulStrategy::FusedGemm(GemmTile::T128),
     MatmulStrategy::DequantMatmul,
     MatmulStrategy::DequantChunks { rows: 16 },
 ];
