@@ -9,8 +9,15 @@
 //!   wins once enough rows reuse each weight.
 //! - A software adapter (llvmpipe, SwiftShader) runs invocations as the lanes of CPU vectors.
 //!   There the register-tiled fused kernel, which decodes each weight once per 8 rows with vector
-//!   selects and never writes an f32 copy of W, beat dequantize+matmul at every row count measured
-//!   (1 to 2048 rows on llvmpipe), so it serves every shape with whole packed words per row.
+//!   selects and never writes an f32 copy of W, serves up to [`SOFTWARE_TILE_MAX_ROWS`] rows
+//!   where rows of W hold whole packed words; dequantize+matmul serves more rows. Its time grows
+//!   with the rows while burn's tiled matmul gains efficiency with them, and where they cross
+//!   depends on the CPU: on a Sapphire Rapids-class Xeon (AVX-512, 2 cores) dequantize+matmul
+//!   was 1.15-3x faster at 512-2048 rows and level at 64-128, while on the machine of earlier
+//!   measurements the tiled kernel was 1.3-1.5x faster at 512-2048 and 1.7-2.3x at 128. The
+//!   limit sits where the newer machine's two paths meet; the older one keeps the tiled kernel
+//!   up to it, and above it dequantize+matmul at 0.77-0.87x dense f32 (128 rows) to 0.99-1.0x
+//!   (512-2048).
 //! - The tiled 4-bit GEMM ([`MatmulStrategy::FusedGemm`]) is not chosen yet: it is written for
 //!   GPUs, where it avoids the second dispatch and the f32 copy of dequantize+matmul, and only a
 //!   GPU measurement (bench_kernels' `gemm64`, `gemm128` columns) can place it.
@@ -25,6 +32,9 @@ use super::layout::MatmulStrategy;
 pub const FUSED_MAX_ROWS: usize = 32;
 /// Largest number of rows for which the GPU fused transposed kernel serves `dX = dY W`.
 pub const FUSED_T_MAX_ROWS: usize = 32;
+/// Largest number of rows for which the register-tiled kernels serve either product on a
+/// software adapter.
+pub const SOFTWARE_TILE_MAX_ROWS: usize = 64;
 
 /// The kind of adapter the kernels run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +73,9 @@ pub fn resolve(
     };
     let tile = adapter == AdapterClass::Software && whole_words;
     match strategy {
-        MatmulStrategy::Auto | MatmulStrategy::Fused if tile => MatmulStrategy::FusedTile,
+        MatmulStrategy::Auto if tile && rows <= SOFTWARE_TILE_MAX_ROWS => MatmulStrategy::FusedTile,
+        MatmulStrategy::Auto if tile => MatmulStrategy::DequantMatmul,
+        MatmulStrategy::Fused if tile => MatmulStrategy::FusedTile,
         MatmulStrategy::Auto if rows <= limit => MatmulStrategy::FusedGroup,
         MatmulStrategy::Auto => MatmulStrategy::DequantMatmul,
         MatmulStrategy::Fused => MatmulStrategy::FusedGroup,
@@ -91,10 +103,16 @@ mod tests {
     }
 
     #[test]
-    fn software_adapters_take_the_tiled_kernel_where_rows_hold_whole_words() {
-        for rows in [1, 8, 33, 2048] {
+    fn software_adapters_take_the_tiled_kernel_for_few_rows_that_hold_whole_words() {
+        for rows in [1, 8, 33, SOFTWARE_TILE_MAX_ROWS] {
             assert_eq!(resolve(Auto, rows, false, Software, true), FusedTile);
             assert_eq!(resolve(Auto, rows, true, Software, true), FusedTile);
+        }
+        for rows in [SOFTWARE_TILE_MAX_ROWS + 1, 2048] {
+            assert_eq!(resolve(Auto, rows, false, Software, true), DequantMatmul);
+            assert_eq!(resolve(Auto, rows, true, Software, true), DequantMatmul);
+        }
+        for rows in [1, 2048] {
             assert_eq!(resolve(Fused, rows, false, Software, true), FusedTile);
         }
         assert_eq!(resolve(Auto, 8, false, Software, false), FusedGroup);
