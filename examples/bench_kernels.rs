@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_kernels [-- --json] [--device wgpu|cpu] [--shapes small|large|all]
-//!     [--rows 1,8,128,512,2048] [--transposed] [--dense-limit-mib N]
+//!     [--shapes KxN,..] [--rows 1,8,128,512,2048] [--transposed] [--dense-limit-mib N]
 //! ```
 //! `--transposed` times the input gradient `dX = dY W` (the backward pass's product) instead of
 //! `Y = X W^T`, with the same paths.
@@ -88,7 +88,7 @@ fn parse_args() -> Args {
             }
             other => {
                 eprintln!(
-                    "unknown argument {other}; usage: bench_kernels [--json] [--device wgpu] [--shapes small|large|all] [--rows 1,8,..] [--transposed] [--dense-limit-mib N]"
+                    "unknown argument {other}; usage: bench_kernels [--json] [--device wgpu] [--shapes small|large|all|KxN,..] [--rows 1,8,..] [--transposed] [--dense-limit-mib N]"
                 );
                 std::process::exit(2);
             }
@@ -186,18 +186,31 @@ fn main() {
         .as_ref()
         .map_or_else(|| args.device.clone(), |i| i.name.to_string())
         .replace('"', "'");
-    let software = identity
+    // The CPU backend has no adapter; its reference path takes no dispatch.
+    let class = identity
         .as_ref()
-        .is_some_and(|i| AdapterClass::of(i) == AdapterClass::Software);
+        .map_or(AdapterClass::Gpu, AdapterClass::of);
+    let software = class.is_software();
     let (kernel, other_kernel, other) = if software {
         ("tile", "group", MatmulStrategy::FusedGroup)
     } else {
         ("group", "tile", MatmulStrategy::FusedTile)
     };
-    let shapes: &[(usize, usize)] = match args.shapes.as_str() {
-        "small" => &[(576, 1536)],
-        "large" => &[(4096, 11008)],
-        _ => &[(576, 1536), (4096, 4096), (4096, 11008)],
+    let shapes: Vec<(usize, usize)> = match args.shapes.as_str() {
+        "small" => vec![(576, 1536)],
+        "large" => vec![(4096, 11008)],
+        "all" => vec![(576, 1536), (4096, 4096), (4096, 11008)],
+        list => list
+            .split(',')
+            .map(|s| {
+                let (k, n) = s.trim().split_once('x')?;
+                Some((k.parse().ok()?, n.parse().ok()?)).filter(|&(k, n)| k > 0 && n > 0)
+            })
+            .collect::<Option<_>>()
+            .unwrap_or_else(|| {
+                eprintln!("--shapes takes small, large, all or KxN[,KxN..], got '{list}'");
+                std::process::exit(2);
+            }),
     };
     let floor = call_floor(&device);
     if !args.json {
@@ -232,7 +245,7 @@ fn main() {
         );
     }
     let op = if args.transposed { "dy_w" } else { "x_wt" };
-    for &(k, n) in shapes {
+    for &(k, n) in &shapes {
         let w = random(n * k, (k * n) as u64);
         let q = QuantizedTensor::quantize(&w, &[n, k], QuantConfig::default()).expect("quantize");
         let qw = QWeight::upload(&q, &device);
@@ -320,11 +333,6 @@ fn main() {
                 "dequant_matmul"
             } else {
                 "fused"
-            };
-            let class = if software {
-                AdapterClass::Software
-            } else {
-                AdapterClass::Gpu
             };
             let dispatched = match dispatch::resolve(
                 MatmulStrategy::Auto,
