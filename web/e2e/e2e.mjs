@@ -3,7 +3,8 @@
 //  1. builds a tiny model: the fixtures' random 2-layer LLaMA (vocab 256) with a byte-level
 //     tokenizer of exactly 256 tokens, so text rows and chat work on it;
 //  2. serves web/ with it as the default model (`wgtune serve-web`);
-//  3. in Debian's Chromium, headless, WebGPU on SwiftShader: loads the default model, then the
+//  3. in Debian's Chromium, headless, WebGPU on SwiftShader: compiles every kernel
+//     specialization in the browser's WebGPU, loads the default model, then the
 //     same files through the file picker, trains 24 steps on a small text dataset, asserts the
 //     loss fell, generates text with and without the adapter, downloads the adapter zip, and
 //     saves a screenshot (out/trained.png);
@@ -101,6 +102,36 @@ async function main() {
     const device = await page.evaluate(() => window.wgtune.device);
     check(device !== null, `WebGPU started: ${JSON.stringify(device)}`);
     results.device = device;
+
+    // Every kernel specialization compiles in Chromium's WebGPU (Tint's uniformity analysis, and
+    // a pipeline within the default limits), including those the run below never launches.
+    const shaders = await page.evaluate(async () => {
+      const { shaderSources } = await import('./pkg/wgtune_web.js');
+      const list = JSON.parse(shaderSources());
+      const adapter = await navigator.gpu.requestAdapter();
+      const gpu = await adapter.requestDevice();
+      const failures = [];
+      for (const { name, code } of list) {
+        gpu.pushErrorScope('validation');
+        const module = gpu.createShaderModule({ code });
+        const info = await module.getCompilationInfo();
+        const errors = info.messages.filter((m) => m.type === 'error')
+          .map((m) => `${m.lineNum}:${m.linePos} ${m.message}`);
+        try {
+          await gpu.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+        } catch (e) {
+          errors.push(String(e?.message ?? e));
+        }
+        const scoped = await gpu.popErrorScope();
+        if (scoped) errors.push(scoped.message);
+        if (errors.length > 0) failures.push(`${name}: ${errors.join('; ')}`);
+      }
+      gpu.destroy();
+      return { count: list.length, failures };
+    });
+    check(shaders.count >= 10 && shaders.failures.length === 0,
+      `all ${shaders.count} kernel specializations compile in the browser's WebGPU at default limits` +
+      (shaders.failures.length ? `:\n${shaders.failures.join('\n')}` : ''));
 
     // A timer chain stands for the user: it counts the turns the event loop gave to other work
     // while a model load was under way. A load in one call would leave it at 0 (how many turns

@@ -32,6 +32,7 @@ use wgtune::generate::{last_logits_tensor, reply_stop_ids, token_budget};
 use wgtune::io::OwnedTensor;
 use wgtune::limits::{self, DeviceLimits};
 use wgtune::model::{Llama, LlamaConfig};
+use wgtune::ops::shaders::Shader;
 use wgtune::peft::{self, LoraConfig, TargetModule};
 use wgtune::pretrained::ModelFiles;
 use wgtune::quant::{QuantConfig, QuantFormat};
@@ -55,6 +56,20 @@ pub fn start() {
     };
     console_error_panic_hook::set_once();
     log_console::init();
+}
+
+/// Every WGSL specialization the kernels can launch, as JSON `[{"name", "code"}]`.
+///
+/// The end-to-end test compiles each in the browser's own WebGPU implementation with its default
+/// limits: Tint (Chromium) enforces WGSL's uniformity rules for barriers, which the native naga
+/// check does not, so a kernel the page has not launched yet is still known to compile there.
+#[wasm_bindgen(js_name = shaderSources)]
+pub fn shader_sources() -> String {
+    let list: Vec<_> = Shader::all()
+        .into_iter()
+        .map(|s| json!({ "name": format!("{s:?}"), "code": s.source() }))
+        .collect();
+    serde_json::Value::Array(list).to_string()
 }
 
 /// An error for JavaScript: a sentence.
