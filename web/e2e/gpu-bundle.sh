@@ -22,7 +22,8 @@
 # CARRY_MIB (60), ALLOW_DIRTY (pack: set to pack uncommitted changes; MANIFEST names the commit
 # and the runs print it), WASM_TARGET_DIR (~/.cache/wgtune-wasm-target), MODEL (pack: the model
 # to bundle, SmolLM2-135M-Instruct's GGUF; browser: the model to serve, the bundled one),
-# STEPS (20), BATCH (4), MAX_LEN (128), KERNEL_RUNS (2), KERNEL_ARGS (--dense-limit-mib 2048),
+# STEPS (20), BATCH (4), MAX_LEN (128), KERNEL_RUNS (2), KERNEL_T_RUNS (1, with --transposed),
+# KERNEL_ARGS (--dense-limit-mib 2048),
 # VK_DRIVER_FILES (NVIDIA's ICD under /usr/local/nvidia when unset), ALLOW_SOFTWARE (set: bench
 # the page on SwiftShader when no GPU adapter turns up, to try the script without a GPU).
 set -euo pipefail
@@ -185,6 +186,12 @@ kernels() {
     echo "== bench_kernels run $i"
     # shellcheck disable=SC2086 # KERNEL_ARGS is a list of words
     "$STORE/native/bench_kernels" ${KERNEL_ARGS:---dense-limit-mib 2048} | tee "$OUT/kernels-$i.txt"
+  done
+  # The backward's product too: the tiled GEMM's transposed kernel against dequantize+matmul.
+  for ((i = 1; i <= ${KERNEL_T_RUNS:-1}; i++)); do
+    echo "== bench_kernels --transposed run $i"
+    # shellcheck disable=SC2086
+    "$STORE/native/bench_kernels" --transposed ${KERNEL_ARGS:---dense-limit-mib 2048} | tee "$OUT/kernels-t-$i.txt"
   done
 }
 
