@@ -265,8 +265,8 @@ fn linear(
     }
     let [p, q, s, t] = w.buffers();
     if let MatmulStrategy::FusedGemm(tile) = resolved {
-        // A (16 * tile)^2 tile of the output per workgroup, no 2-D split needed: even K or N of
-        // 128k columns is 1024 groups.
+        // A (16 * tile)^2 tile of the output per workgroup, no 2-D split needed: 128k output
+        // columns are at most 2048 groups, and the 65535-group limit on y is 4M rows.
         let side = tile.side();
         let tile = tile.per_invocation();
         let shader = if transposed {
