@@ -1,19 +1,16 @@
 // Tiled 4-bit GEMM for many rows on a GPU:  Y[m, n] = sum_k X[m, k] * W[n, k],
 // W = dequant(packed) of shape [N, K] with K a multiple of 8 (a packed word never straddles two
 // rows). X is [M, K] and Y is [M, N], both contiguous row-major f32. Layout and statistics of W:
-// see common_4bit.wgsl (prepended).
+// see common_4bit.wgsl; tiles, staging and the product: gemm_tile.wgsl (both prepended).
 //
 // The shape of an f32 SGEMM whose B tiles are dequantized on their way into workgroup memory, so
 // W is read once per BM rows as 0.5 byte per weight and no f32 copy of it exists (the
 // dequantize-then-matmul path writes and rereads one, in a second dispatch).
-// Workgroup 16 x 16; a workgroup computes a BM x BN tile of Y, BM = 16*TM rows, BN = 16*TN
-// columns, and K advances in slices of BK = 16 staged in workgroup memory, k-major:
-//   xs[k][m] = X[m0 + m, k0 + k]   and   ws[k][n] = W[n0 + n, k0 + k],  (BM + BN) * BK f32
-// (8 KiB at TM = TN = 4, 16 KiB at 8: WebGPU's default limit). Every invocation stages a share of
+// A workgroup computes a BM x BC tile of Y (columns n), and K advances in slices of 16 staged
+// k-major: xs[k][m] = X[m0 + m, k0 + k] and ws[k][n] = W[n0 + n, k0 + k], (BM + BC) * 16 f32
+// (8 KiB at TM = TC = 4, 16 KiB at 8: WebGPU's default limit). Every invocation stages a share of
 // both: vec4s of X, and packed words of W, each decoded once (8 weights, one absmax).
-// Invocation (x, y) owns rows m0 + 64i + 4y + a and columns n0 + 64j + 4x + b (a, b < 4), so a
-// slice's reads of xs and ws are whole vec4 and neighbouring invocations read neighbouring ones.
-// Grid: x = ceil(N / BN), y = ceil(M / BM).
+// Grid: x = ceil(N / BC), y = ceil(M / BM).
 //
 // Bindings: 0 packed | 1 absmax_q | 2 scales | 3 tables | 4 x vec4<f32>[M*K/4] | 5 y f32[M*N]
 //           6 params (uniform) u32[M, N, K, blocksize]
@@ -27,15 +24,6 @@ fn param(i: u32) -> u32 {
     return params[i >> 2u][i & 3u];
 }
 
-const TM: u32 = {{ tm }}u; // rows of Y per invocation, a multiple of 4
-const TN: u32 = {{ tn }}u; // columns of Y per invocation, a multiple of 4
-const BM: u32 = 16u * TM;
-const BN: u32 = 16u * TN;
-const BK: u32 = 16u; // two packed words of each row of W per slice
-
-var<workgroup> xs: array<vec4<f32>, {{ xs_len }}>; // [BK][BM / 4]
-var<workgroup> ws: array<vec4<f32>, {{ ws_len }}>; // [BK][BN / 4]
-
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
@@ -45,11 +33,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let k_total = param(2u);
     let blocksize = param(3u);
     let m0 = wid.y * BM;
-    let n0 = wid.x * BN;
+    let n0 = wid.x * BC;
     let code = codebook();
 
-    var acc: array<vec4<f32>, {{ acc_len }}>; // acc[r * TN/4 + j] = Y[row r, columns 64j + 4x ..]
-    for (var k0 = 0u; k0 < k_total; k0 += BK) {
+    for (var k0 = 0u; k0 < k_total; k0 += SLICE) {
         // X[m0 + r, k0 + 4q .. + 4] for r < BM, q < 4, zero past K. Rows past M re-read the last
         // row; their sums are never written.
         for (var e = li; e < BM * 4u; e += 256u) {
@@ -64,7 +51,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
         }
         // Word q of row n0 + r of W in this slice: weights k0 + 8q .. + 8, zero past K.
-        for (var e = li; e < BN * 2u; e += 256u) {
+        for (var e = li; e < BC * 2u; e += 256u) {
             let r = e >> 1u;
             let q = e & 1u;
             var lo = vec4(0.0);
@@ -77,40 +64,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 hi = decode4(word, NIBBLES_HI, code) * scale;
             }
             for (var c = 0u; c < 4u; c++) {
-                ws[(8u * q + c) * (BN / 4u) + r / 4u][r & 3u] = lo[c];
-                ws[(8u * q + 4u + c) * (BN / 4u) + r / 4u][r & 3u] = hi[c];
+                ws[(8u * q + c) * (BC / 4u) + r / 4u][r & 3u] = lo[c];
+                ws[(8u * q + 4u + c) * (BC / 4u) + r / 4u][r & 3u] = hi[c];
             }
         }
         workgroupBarrier();
-        for (var k = 0u; k < BK; k++) {
-            var b: array<vec4<f32>, {{ tn4 }}>;
-            for (var j = 0u; j < TN / 4u; j++) {
-                b[j] = ws[k * (BN / 4u) + 16u * j + lid.x];
-            }
-            for (var i = 0u; i < TM / 4u; i++) {
-                let a = xs[k * (BM / 4u) + 16u * i + lid.y];
-                for (var c = 0u; c < 4u; c++) {
-                    let r = 4u * i + c;
-                    for (var j = 0u; j < TN / 4u; j++) {
-                        acc[r * (TN / 4u) + j] = fma(vec4(a[c]), b[j], acc[r * (TN / 4u) + j]);
-                    }
-                }
-            }
-        }
+        accumulate_slice(lid);
         workgroupBarrier();
     }
-    for (var i = 0u; i < TM / 4u; i++) {
-        for (var c = 0u; c < 4u; c++) {
-            let m = m0 + 64u * i + 4u * lid.y + c;
-            for (var j = 0u; j < TN / 4u; j++) {
-                let v = acc[(4u * i + c) * (TN / 4u) + j];
-                for (var d = 0u; d < 4u; d++) {
-                    let n = n0 + 64u * j + 4u * lid.x + d;
-                    if m < m_total && n < n_total {
-                        y[m * n_total + n] = v[d];
-                    }
-                }
-            }
-        }
-    }
+    store_tile(m0, n0, m_total, n_total, lid);
 }

@@ -2,37 +2,26 @@
 //   dX[m, k] = sum_n dY[m, n] * W[n, k],
 // W = dequant(packed) of shape [N, K] with K a multiple of 8 (a packed word never straddles two
 // rows); dY is [M, N], dX is [M, K], contiguous row-major f32. Layout and statistics of W: see
-// common_4bit.wgsl (prepended).
+// common_4bit.wgsl; tiles, staging and the product: gemm_tile.wgsl (both prepended).
 //
 // As qmatmul_4bit_gemm.wgsl with the roles of N and K swapped: a workgroup computes a BM x BC
-// tile of dX (BM = 16*TM rows, BC = 16*TC columns k), and N advances in slices of 16 rows of W
-// staged in workgroup memory, n-major:
-//   ds[n][m] = dY[m0 + m, n0 + n]   and   ws[n][c] = W[n0 + n, c0 + c],  (BM + BC) * 16 f32
+// tile of dX (columns k), and N advances in slices of 16 rows of W staged n-major:
+//   xs[n][m] = dY[m0 + m, n0 + n]   and   ws[n][c] = W[n0 + n, c0 + c],  (BM + BC) * 16 f32
 // Here a packed word holds 8 consecutive columns of one row, so each decoded word fills two
 // whole vec4 of ws. dY's rows need not be whole vec4 (N is any size), so it is read as f32.
-// Invocation (x, y) owns rows m0 + 64i + 4y + a and columns c0 + 64j + 4x + b (a, b < 4).
 // Grid: x = ceil(K / BC), y = ceil(M / BM).
 //
-// Bindings: 0 packed | 1 absmax_q | 2 scales | 3 tables | 4 dy f32[M*N] | 5 dx f32[M*K]
+// Bindings: 0 packed | 1 absmax_q | 2 scales | 3 tables | 4 dy f32[M*N] | 5 y = dX f32[M*K]
 //           6 params (uniform) u32[M, N, K, blocksize]
 
 // Bindings 0-3 (the weight): declared in common_4bit.wgsl.
 @group(0) @binding(4) var<storage, read_write> dy: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>; // dX, stored by store_tile
 @group(0) @binding(6) var<uniform> params: array<vec4<u32>, 2>;
 // Launch parameter i (CubeCL's info uniform: up to 8 u32, cached across launches).
 fn param(i: u32) -> u32 {
     return params[i >> 2u][i & 3u];
 }
-
-const TM: u32 = {{ tm }}u; // rows of dX per invocation, a multiple of 4
-const TC: u32 = {{ tn }}u; // columns of dX per invocation, a multiple of 4
-const BM: u32 = 16u * TM;
-const BC: u32 = 16u * TC;
-const BN: u32 = 16u; // rows of W per slice
-
-var<workgroup> ds: array<vec4<f32>, {{ xs_len }}>; // [BN][BM / 4]
-var<workgroup> ws: array<vec4<f32>, {{ ws_len }}>; // [BN][BC / 4]
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
@@ -47,21 +36,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let words = k_total / 8u; // packed words per row of W
     let code = codebook();
 
-    var acc: array<vec4<f32>, {{ acc_len }}>; // acc[r * TC/4 + j] = dX[row r, columns 64j + 4x ..]
-    for (var n0 = 0u; n0 < n_total; n0 += BN) {
+    for (var n0 = 0u; n0 < n_total; n0 += SLICE) {
         // dY[m0 + r, n0 + s] for r < BM, s < 16, zero past N. Rows past M re-read the last row;
         // their sums are never written.
-        for (var e = li; e < BM * BN; e += 256u) {
-            let r = e / BN;
-            let s = e % BN;
+        for (var e = li; e < BM * SLICE; e += 256u) {
+            let r = e / SLICE;
+            let s = e % SLICE;
             var v = 0.0;
             if n0 + s < n_total {
                 v = dy[min(m0 + r, m_total - 1u) * n_total + n0 + s];
             }
-            ds[s * (BM / 4u) + r / 4u][r & 3u] = v;
+            xs[s * (BM / 4u) + r / 4u][r & 3u] = v;
         }
         // Word q of row n0 + s of W in this tile: columns c0 + 8q .. + 8, zero past N or K.
-        for (var e = li; e < BN * (BC / 8u); e += 256u) {
+        for (var e = li; e < SLICE * (BC / 8u); e += 256u) {
             let s = e / (BC / 8u);
             let q = e % (BC / 8u);
             var lo = vec4(0.0);
@@ -77,35 +65,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             ws[s * (BC / 4u) + 2u * q + 1u] = hi;
         }
         workgroupBarrier();
-        for (var s = 0u; s < BN; s++) {
-            var b: array<vec4<f32>, {{ tn4 }}>;
-            for (var j = 0u; j < TC / 4u; j++) {
-                b[j] = ws[s * (BC / 4u) + 16u * j + lid.x];
-            }
-            for (var i = 0u; i < TM / 4u; i++) {
-                let a = ds[s * (BM / 4u) + 16u * i + lid.y];
-                for (var c = 0u; c < 4u; c++) {
-                    let r = 4u * i + c;
-                    for (var j = 0u; j < TC / 4u; j++) {
-                        acc[r * (TC / 4u) + j] = fma(vec4(a[c]), b[j], acc[r * (TC / 4u) + j]);
-                    }
-                }
-            }
-        }
+        accumulate_slice(lid);
         workgroupBarrier();
     }
-    for (var i = 0u; i < TM / 4u; i++) {
-        for (var c = 0u; c < 4u; c++) {
-            let m = m0 + 64u * i + 4u * lid.y + c;
-            for (var j = 0u; j < TC / 4u; j++) {
-                let v = acc[(4u * i + c) * (TC / 4u) + j];
-                for (var d = 0u; d < 4u; d++) {
-                    let k = c0 + 64u * j + 4u * lid.x + d;
-                    if m < m_total && k < k_total {
-                        dx[m * k_total + k] = v[d];
-                    }
-                }
-            }
-        }
-    }
+    store_tile(m0, c0, m_total, k_total, lid);
 }

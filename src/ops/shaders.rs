@@ -17,6 +17,7 @@ const QMATMUL_4BIT: &str = include_str!("../../shaders/qmatmul_4bit.wgsl");
 const QMATMUL_4BIT_T: &str = include_str!("../../shaders/qmatmul_4bit_t.wgsl");
 const QMATMUL_4BIT_TILE: &str = include_str!("../../shaders/qmatmul_4bit_tile.wgsl");
 const QMATMUL_4BIT_T_TILE: &str = include_str!("../../shaders/qmatmul_4bit_t_tile.wgsl");
+const GEMM_TILE: &str = include_str!("../../shaders/gemm_tile.wgsl");
 const QMATMUL_4BIT_GEMM: &str = include_str!("../../shaders/qmatmul_4bit_gemm.wgsl");
 const QMATMUL_4BIT_T_GEMM: &str = include_str!("../../shaders/qmatmul_4bit_t_gemm.wgsl");
 const LORA: &str = include_str!("../../shaders/lora.wgsl");
@@ -192,20 +193,18 @@ impl Shader {
                     Shader::QmatmulGemm { .. } => QMATMUL_4BIT_GEMM,
                     _ => QMATMUL_4BIT_T_GEMM,
                 };
-                // Staged slices of 16: [16][16 * tile / 4] vec4 each of X (dY) and W.
-                let staged = (16 * 16 * tile / 4).to_string();
-                let body = render(
-                    template,
+                // The shared tile code; staged slices of 16: [16][16 * tile / 4] vec4 each of
+                // the left operand and W.
+                let tile_code = render(
+                    GEMM_TILE,
                     &[
-                        ("tm", tile.to_string()),
-                        ("tn", tile.to_string()),
-                        ("tn4", (tile / 4).to_string()),
-                        ("xs_len", staged.clone()),
-                        ("ws_len", staged),
+                        ("tile", tile.to_string()),
+                        ("tile4", (tile / 4).to_string()),
+                        ("staged_len", (16 * 16 * tile / 4).to_string()),
                         ("acc_len", (tile * tile / 4).to_string()),
                     ],
                 );
-                with_common(stats, &body)
+                with_common(stats, &format!("{tile_code}\n{}", render(template, &[])))
             }
             Shader::Lora { tm, tn } => render(
                 LORA,
