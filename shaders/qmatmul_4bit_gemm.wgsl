@@ -8,8 +8,8 @@
 // dequantize-then-matmul path writes and rereads one, in a second dispatch).
 // A workgroup computes a BM x BC tile of Y (columns n), and K advances in slices of 16 staged
 // k-major: xs[k][m] = X[m0 + m, k0 + k] and ws[k][n] = W[n0 + n, k0 + k], (BM + BC) * 16 f32
-// (8 KiB at TM = TC = 4, 16 KiB at 8: WebGPU's default limit). Every invocation stages a share of
-// both: vec4s of X, and packed words of W, each decoded once (8 weights, one absmax).
+// (8 KiB at TM = TC = 4, 16 KiB at 8: WebGPU's default limit). Invocations stage whole vec4s of
+// both, four rows at a time: vec4s of X, and halves of packed words of W (each decoded once).
 // Grid: x = ceil(N / BC), y = ceil(M / BM).
 //
 // Bindings: 0 packed | 1 absmax_q | 2 scales | 3 tables | 4 x vec4<f32>[M*K/4] | 5 y f32[M*N]
@@ -37,35 +37,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let code = codebook();
 
     for (var k0 = 0u; k0 < k_total; k0 += SLICE) {
-        // X[m0 + r, k0 + 4q .. + 4] for r < BM, q < 4, zero past K. Rows past M re-read the last
+        // Each vec4 of xs and ws is written whole by one invocation: WGSL lets a write to one
+        // component of a vector access the whole vector, so invocations sharing a vec4 would race.
+        // X[m0 + 4g + i, k0 + 4q .. + 4] for i < 4 (rows 4g.. of the tile), zero past K, gives
+        // xs[4q + c][g] = (X[.., k0 + 4q + c] of those four rows). Rows past M re-read the last
         // row; their sums are never written.
-        for (var e = li; e < BM * 4u; e += 256u) {
-            let r = e >> 2u;
+        for (var e = li; e < BM; e += 256u) {
+            let g = e >> 2u;
             let q = e & 3u;
-            var v = vec4(0.0);
+            var v: array<vec4<f32>, 4>;
             if k0 + 4u * q < k_total {
-                v = x[(min(m0 + r, m_total - 1u) * k_total + k0) / 4u + q];
+                for (var i = 0u; i < 4u; i++) {
+                    v[i] = x[(min(m0 + 4u * g + i, m_total - 1u) * k_total + k0) / 4u + q];
+                }
             }
             for (var c = 0u; c < 4u; c++) {
-                xs[(4u * q + c) * (BM / 4u) + r / 4u][r & 3u] = v[c];
+                xs[(4u * q + c) * (BM / 4u) + g] = vec4(v[0][c], v[1][c], v[2][c], v[3][c]);
             }
         }
-        // Word q of row n0 + r of W in this slice: weights k0 + 8q .. + 8, zero past K.
-        for (var e = li; e < BC * 2u; e += 256u) {
-            let r = e >> 1u;
-            let q = e & 1u;
-            var lo = vec4(0.0);
-            var hi = vec4(0.0);
+        // Half h (weights 4h .. + 4) of word q of rows n0 + 4g + i of W in this slice (weights
+        // k0 + 8q .. + 8), zero past K, gives ws[8q + 4h + c][g]. Rows past N re-read the last.
+        for (var e = li; e < BC; e += 256u) {
+            let g = e >> 2u;
+            let q = (e >> 1u) & 1u;
+            let shifts = select(NIBBLES_LO, NIBBLES_HI, (e & 1u) == 1u);
+            var d: array<vec4<f32>, 4>;
             if k0 + 8u * q < k_total {
-                let w = (min(n0 + r, n_total - 1u) * k_total + k0) / 8u + q;
-                let word = packed[w];
-                let scale = block_absmax((w * 8u) / blocksize);
-                lo = decode4(word, NIBBLES_LO, code) * scale;
-                hi = decode4(word, NIBBLES_HI, code) * scale;
+                for (var i = 0u; i < 4u; i++) {
+                    let w = (min(n0 + 4u * g + i, n_total - 1u) * k_total + k0) / 8u + q;
+                    d[i] = decode4(packed[w], shifts, code) * block_absmax((w * 8u) / blocksize);
+                }
             }
+            let s0 = 8u * q + 4u * (e & 1u);
             for (var c = 0u; c < 4u; c++) {
-                ws[(8u * q + c) * (BC / 4u) + r / 4u][r & 3u] = lo[c];
-                ws[(8u * q + 4u + c) * (BC / 4u) + r / 4u][r & 3u] = hi[c];
+                ws[(s0 + c) * (BC / 4u) + g] = vec4(d[0][c], d[1][c], d[2][c], d[3][c]);
             }
         }
         workgroupBarrier();

@@ -37,16 +37,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let code = codebook();
 
     for (var n0 = 0u; n0 < n_total; n0 += SLICE) {
-        // dY[m0 + r, n0 + s] for r < BM, s < 16, zero past N. Rows past M re-read the last row;
-        // their sums are never written.
-        for (var e = li; e < BM * SLICE; e += 256u) {
-            let r = e / SLICE;
+        // dY[m0 + 4g + i, n0 + s] for i < 4 (rows 4g.. of the tile), zero past N, as one whole
+        // vec4 xs[s][g]: WGSL lets a write to one component of a vector access the whole vector,
+        // so invocations sharing a vec4 would race. Rows past M re-read the last row; their sums
+        // are never written.
+        for (var e = li; e < (BM / 4u) * SLICE; e += 256u) {
+            let g = e / SLICE;
             let s = e % SLICE;
-            var v = 0.0;
+            var v = vec4(0.0);
             if n0 + s < n_total {
-                v = dy[min(m0 + r, m_total - 1u) * n_total + n0 + s];
+                for (var i = 0u; i < 4u; i++) {
+                    v[i] = dy[min(m0 + 4u * g + i, m_total - 1u) * n_total + n0 + s];
+                }
             }
-            xs[s * (BM / 4u) + r / 4u][r & 3u] = v;
+            xs[s * (BM / 4u) + g] = v;
         }
         // Word q of row n0 + s of W in this tile: columns c0 + 8q .. + 8, zero past N or K.
         for (var e = li; e < SLICE * (BC / 8u); e += 256u) {
