@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! cargo run --release --example bench_kernels [-- --json] [--device wgpu|cpu] [--shapes small|large|all]
-//!     [--shapes KxN,..] [--rows 1,8,128,512,2048] [--transposed] [--dense-limit-mib N]
+//!     [--shapes KxN,..] [--rows 1,8,128,512,2048] [--transposed] [--tuned] [--dense-limit-mib N]
 //! ```
+//! `--tuned` times the tuned dispatch (`MatmulStrategy::Tuned`) on a software adapter too, whose
+//! `Auto` keeps a measured rule.
 //! `--transposed` times the input gradient `dX = dY W` (the backward pass's product) instead of
 //! `Y = X W^T`, with the same paths.
 //! For LLaMA-like weights (K x N in 576x1536, 4096x4096, 4096x11008) and M in 1, 8, 128, 512,
@@ -13,9 +15,11 @@
 //! weight; at M <= 8 also the other fused kernel (`other`, for the record), and at M >= 128 the
 //! tiled 4-bit GEMM with both workgroup tiles (`gemm64`, `gemm128`). It prints GFLOP/s, the
 //! ratios fused/dense and fused/dequant+matmul, which 4-bit path wins and which one
-//! `wgtune::ops::dispatch` takes (a mismatch is marked `!`), and the bytes of the weight in NF4
-//! vs f32. First it times
-//! each path on a 64x64 weight and one row, work too small to matter: the cost of a call as
+//! `wgtune::ops::dispatch` takes (a mismatch is marked `!`), with that path's speed against dense
+//! (`auto/dense`, JSON `auto_gflops`), and the bytes of the weight in NF4 vs f32. On a native GPU
+//! the dispatch times the kernels itself (`MatmulStrategy::Tuned`): there the `auto` path is
+//! timed as a model calls it, and the dispatch column names the kernel its tuning picked. First
+//! it times each path on a 64x64 weight and one row, work too small to matter: the cost of a call as
 //! such (launches, bindings, synchronization), the floor under the small shapes' times (with
 //! `--json`: `floor_us`, [fused, dequant+matmul, dense], on every line).
 
@@ -46,6 +50,7 @@ struct Args {
     json: bool,
     rows: Vec<usize>,
     transposed: bool,
+    tuned: bool,
     device: String,
     shapes: String,
     dense_limit_mib: usize,
@@ -56,6 +61,7 @@ fn parse_args() -> Args {
         json: false,
         rows: vec![1, 8, 128, 512, 2048],
         transposed: false,
+        tuned: false,
         device: "wgpu".into(),
         shapes: "all".into(),
         dense_limit_mib: DENSE_LIMIT_MIB,
@@ -65,6 +71,7 @@ fn parse_args() -> Args {
         match a.as_str() {
             "--json" => args.json = true,
             "--transposed" => args.transposed = true,
+            "--tuned" => args.tuned = true,
             "--rows" => {
                 let list = it.next().unwrap_or_default();
                 args.rows = list
@@ -88,7 +95,7 @@ fn parse_args() -> Args {
             }
             other => {
                 eprintln!(
-                    "unknown argument {other}; usage: bench_kernels [--json] [--device wgpu] [--shapes small|large|all|KxN,..] [--rows 1,8,..] [--transposed] [--dense-limit-mib N]"
+                    "unknown argument {other}; usage: bench_kernels [--json] [--device wgpu] [--shapes small|large|all|KxN,..] [--rows 1,8,..] [--transposed] [--tuned] [--dense-limit-mib N]"
                 );
                 std::process::exit(2);
             }
@@ -334,31 +341,43 @@ fn main() {
             } else {
                 "fused"
             };
-            let dispatched = match dispatch::resolve(
-                MatmulStrategy::Auto,
-                m,
-                args.transposed,
-                class,
-                k.is_multiple_of(8),
-            ) {
-                MatmulStrategy::FusedGroup => "group",
-                MatmulStrategy::FusedTile => "tile",
-                MatmulStrategy::FusedGemm(GemmTile::T64) => "gemm64",
-                MatmulStrategy::FusedGemm(GemmTile::T128) => "gemm128",
-                _ => "dequant_matmul",
-            };
+            // What a model gets (`MatmulStrategy::Auto`): on a native GPU the kernel the tuning
+            // picks, timed here with its first call (the tuning) as the warm-up; elsewhere the
+            // rule's path, measured above where the rule takes one of the timed paths.
+            let tunes =
+                identity.is_some() && dispatch::TUNES && (args.tuned || class == AdapterClass::Gpu);
+            let auto_timed = tunes
+                .then(|| flops / time(&device, out_bytes, || product(&x, MatmulStrategy::Tuned)));
+            let dispatched = ops::tuned_choice(&device, m, &qw, args.transposed)
+                .unwrap_or_else(|| {
+                    dispatch::resolve(
+                        MatmulStrategy::Auto,
+                        m,
+                        args.transposed,
+                        class,
+                        k.is_multiple_of(8),
+                    )
+                })
+                .to_string();
+            let auto = auto_timed.or_else(|| {
+                candidates
+                    .iter()
+                    .find(|c| c.0 == dispatched)
+                    .and_then(|c| c.1)
+            });
             let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
             let json = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.4}"));
             let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
             let best = Some(best);
             if args.json {
                 println!(
-                    "{{\"op\":\"{op}\",\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"fused_kernel\":\"{kernel}\",\"other_fused_gflops\":{},\"gemm_gflops\":[{},{}],\"chosen\":\"{chosen}\",\"fastest\":\"{fastest}\",\"dispatch\":\"{dispatched}\",\"dequant_gbps\":{},\"floor_us\":[{:.2},{:.2},{:.2}],\"adapter\":\"{adapter}\"}}",
+                    "{{\"op\":\"{op}\",\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"fused_kernel\":\"{kernel}\",\"other_fused_gflops\":{},\"gemm_gflops\":[{},{}],\"chosen\":\"{chosen}\",\"fastest\":\"{fastest}\",\"dispatch\":\"{dispatched}\",\"auto_gflops\":{},\"dequant_gbps\":{},\"floor_us\":[{:.2},{:.2},{:.2}],\"adapter\":\"{adapter}\"}}",
                     json(fused),
                     json(dense),
                     json(other_fused),
                     json(gemm[0]),
                     json(gemm[1]),
+                    json(auto),
                     json(dequant_gbps),
                     floor[0] * 1e6,
                     floor[1] * 1e6,
@@ -370,7 +389,7 @@ fn main() {
                     g.map_or("-".to_string(), |g| format!("{:.1}", flops / g * 1e6))
                 };
                 println!(
-                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>13} | {fastest} ({dispatched}{}) (fastest/dense {}) | µs {} / {} / {}",
+                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>13} | {fastest} ({dispatched}{}) (fastest/dense {}, auto/dense {}) | µs {} / {} / {}",
                     fmt(fused),
                     fmt(dense),
                     fmt(other_fused),
@@ -380,6 +399,7 @@ fn main() {
                     fmt(fused.map(|f| f / deq)),
                     if fastest == dispatched { "" } else { " !" },
                     fmt(ratio(best, dense)),
+                    fmt(ratio(auto, dense)),
                     us(fused),
                     us(Some(deq)),
                     us(dense)

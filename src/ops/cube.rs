@@ -99,7 +99,8 @@ fn launch(shader: Shader, count: (u32, u32, u32), buffers: &[&CubeTensor], param
 }
 
 /// The four weight tensors, contiguous, checked against the layout.
-struct Weight {
+#[derive(Clone)]
+pub(super) struct Weight {
     packed: CubeTensor,
     absmax_q: CubeTensor,
     scales: CubeTensor,
@@ -220,7 +221,7 @@ fn dequantize_weight(w: &Weight, layout: &QLayout) -> CubeTensor {
 
 /// `X W^T` (or `dY W` when `transposed`) over the last dimension of `input`, by the fused
 /// kernel or by dequantizing then burn's matmul, as `strategy` and the row count decide.
-fn linear(
+pub(super) fn linear(
     input: CubeTensor,
     w: Weight,
     layout: &QLayout,
@@ -249,6 +250,10 @@ fn linear(
         AdapterClass::of(&input.client.properties().identity),
         k.is_multiple_of(8),
     );
+    #[cfg(not(target_family = "wasm"))]
+    if resolved == MatmulStrategy::Tuned {
+        return super::tune::tuned_linear(input, w, layout, transposed);
+    }
     let chunk = match resolved {
         MatmulStrategy::DequantMatmul => Some(chunk_rows(&w, layout)),
         MatmulStrategy::DequantChunks { rows } => Some(rows.div_ceil(8).max(1) * 8),

@@ -1,12 +1,21 @@
 //! Which 4-bit matmul implementation serves which shape on the kernel path.
 //!
-//! Decided by `examples/bench_kernels.rs`, which times the fused kernels against
-//! dequantize-then-matmul for LLaMA-like shapes and prints the choice per shape class.
+//! On a native GPU the choice is timed, not ruled: [`MatmulStrategy::Auto`] resolves to
+//! [`MatmulStrategy::Tuned`], which times every kernel that fits the shape on the device the
+//! first time its shape class is met (`ops::tune`, on CubeCL's autotune) and keeps the fastest.
+//! GPUs differ too much for one table to serve them all: on an H200 the group kernel won up to
+//! 32 rows and dequantize+matmul above, and where the tiled 4-bit GEMM stands between them only a
+//! measurement on each GPU says.
 //!
-//! - On a GPU the fused kernel (a workgroup row per column of the output, W read coalesced)
-//!   reads 0.5 byte per weight once and applies it to up to 8 rows at a time, so it wins where
-//!   the product is bound by reading W (few rows); burn's tiled matmul on a dequantized copy
-//!   wins once enough rows reuse each weight.
+//! Software adapters and the browser keep measured rules ([`rule`]): on a CPU one timing of a
+//! 2048-row product takes seconds, and in the browser a timing cannot be awaited inside a call.
+//! The rules were decided by `examples/bench_kernels.rs`, which times the paths against each
+//! other and against dense f32 and prints the choice per shape:
+//!
+//! - On a GPU (in the browser) the fused kernel (a workgroup row per column of the output, W read
+//!   coalesced) reads 0.5 byte per weight once and applies it to up to 8 rows at a time, so it
+//!   wins where the product is bound by reading W (few rows); burn's tiled matmul on a
+//!   dequantized copy wins once enough rows reuse each weight.
 //! - A software adapter (llvmpipe, SwiftShader) runs invocations as the lanes of CPU vectors.
 //!   There the register-tiled fused kernel, which decodes each weight once per 8 rows with vector
 //!   selects and never writes an f32 copy of W, serves every shape whose rows of W hold whole
@@ -21,15 +30,12 @@
 //!   0.77-0.87x dense f32 (128 rows) to 0.99-1.0x (512-2048). SwiftShader is the opposite case:
 //!   the same limit there halved the browser demo's training speed on the Xeon (0.45 -> 0.21
 //!   steps/s, its products have 100-256 rows), so other software adapters keep the tile kernel.
-//! - The tiled 4-bit GEMM ([`MatmulStrategy::FusedGemm`]) is not chosen yet: it is written for
-//!   GPUs, where it avoids the second dispatch and the f32 copy of dequantize+matmul, and only a
-//!   GPU measurement (bench_kernels' `gemm64`, `gemm128` columns) can place it.
 //!
 //! Measured on llvmpipe (2 cores) and an H200: see the tables in README.md ("Kernel benchmark").
 
 use burn::cubecl::ir::DeviceIdentity;
 
-use super::layout::MatmulStrategy;
+use super::layout::{GemmTile, MatmulStrategy};
 
 /// Largest number of rows (tokens) for which the GPU fused kernel serves `Y = X W^T`.
 pub const FUSED_MAX_ROWS: usize = 32;
@@ -71,10 +77,38 @@ impl AdapterClass {
     }
 }
 
+/// Whether this build times kernels inside a call ([`MatmulStrategy::Tuned`]): everywhere but
+/// in the browser, where a device timing resolves on the event loop, after the call returns.
+pub const TUNES: bool = cfg!(not(target_family = "wasm"));
+
 /// The concrete strategy for `rows` rows of X on `adapter`, for a weight whose rows hold whole
-/// packed words (`in_features % 8 == 0`) or not.
+/// packed words (`in_features % 8 == 0`) or not. [`MatmulStrategy::Tuned`] means the caller
+/// times the candidates ([`tune_candidates`]).
 pub fn resolve(
     strategy: MatmulStrategy,
+    rows: usize,
+    transposed: bool,
+    adapter: AdapterClass,
+    whole_words: bool,
+) -> MatmulStrategy {
+    let tile = adapter.is_software() && whole_words;
+    match strategy {
+        MatmulStrategy::Auto if TUNES && adapter == AdapterClass::Gpu => MatmulStrategy::Tuned,
+        MatmulStrategy::Tuned if TUNES => MatmulStrategy::Tuned,
+        MatmulStrategy::Auto | MatmulStrategy::Tuned => {
+            rule(rows, transposed, adapter, whole_words)
+        }
+        MatmulStrategy::Fused if tile => MatmulStrategy::FusedTile,
+        MatmulStrategy::Fused => MatmulStrategy::FusedGroup,
+        MatmulStrategy::FusedTile if !whole_words => MatmulStrategy::FusedGroup,
+        MatmulStrategy::FusedGemm(_) if !whole_words => MatmulStrategy::DequantMatmul,
+        chosen => chosen,
+    }
+}
+
+/// The measured rule for `rows` rows of X on `adapter` where nothing is timed (software
+/// adapters, the browser): see the module's documentation.
+pub fn rule(
     rows: usize,
     transposed: bool,
     adapter: AdapterClass,
@@ -85,23 +119,39 @@ pub fn resolve(
     } else {
         FUSED_MAX_ROWS
     };
-    let tile = adapter.is_software() && whole_words;
-    let tile_rows = if adapter == AdapterClass::Llvmpipe {
-        LLVMPIPE_TILE_MAX_ROWS
-    } else {
-        usize::MAX
+    let tile_rows = match adapter {
+        AdapterClass::Gpu => 0,
+        AdapterClass::Llvmpipe => LLVMPIPE_TILE_MAX_ROWS,
+        AdapterClass::Software => usize::MAX,
     };
-    match strategy {
-        MatmulStrategy::Auto if tile && rows <= tile_rows => MatmulStrategy::FusedTile,
-        MatmulStrategy::Auto if tile => MatmulStrategy::DequantMatmul,
-        MatmulStrategy::Fused if tile => MatmulStrategy::FusedTile,
-        MatmulStrategy::Auto if rows <= limit => MatmulStrategy::FusedGroup,
-        MatmulStrategy::Auto => MatmulStrategy::DequantMatmul,
-        MatmulStrategy::Fused => MatmulStrategy::FusedGroup,
-        MatmulStrategy::FusedTile if !whole_words => MatmulStrategy::FusedGroup,
-        MatmulStrategy::FusedGemm(_) if !whole_words => MatmulStrategy::DequantMatmul,
-        chosen => chosen,
+    if adapter.is_software() && whole_words {
+        if rows <= tile_rows {
+            MatmulStrategy::FusedTile
+        } else {
+            MatmulStrategy::DequantMatmul
+        }
+    } else if rows <= limit {
+        MatmulStrategy::FusedGroup
+    } else {
+        MatmulStrategy::DequantMatmul
     }
+}
+
+/// The kernels [`MatmulStrategy::Tuned`] times, in the order it tries them: each one the shape
+/// allows, so a tuning never measures one kernel twice under two names.
+pub fn tune_candidates(whole_words: bool) -> Vec<MatmulStrategy> {
+    let mut all = vec![MatmulStrategy::FusedGroup, MatmulStrategy::DequantMatmul];
+    if whole_words {
+        all.push(MatmulStrategy::FusedTile);
+        all.extend(GemmTile::ALL.map(MatmulStrategy::FusedGemm));
+    }
+    all
+}
+
+/// The autotune's shape class of `rows` rows: the next power of two. Products within one class
+/// share a choice, so a new sequence length does not start a new tuning.
+pub fn tune_rows(rows: usize) -> usize {
+    rows.max(1).next_power_of_two()
 }
 
 #[cfg(test)]
@@ -112,13 +162,43 @@ mod tests {
     use MatmulStrategy::*;
 
     #[test]
-    fn gpus_fuse_few_rows_and_dequantize_many() {
+    fn native_gpus_time_the_kernels_and_the_browser_keeps_the_rule() {
         for transposed in [false, true] {
-            assert_eq!(resolve(Auto, 1, transposed, Gpu, true), FusedGroup);
-            assert_eq!(resolve(Auto, 32, transposed, Gpu, true), FusedGroup);
-            assert_eq!(resolve(Auto, 33, transposed, Gpu, true), DequantMatmul);
+            // Natively every GPU shape is timed; a software adapter is timed only on request.
+            for rows in [1, 33, 2048] {
+                assert_eq!(resolve(Auto, rows, transposed, Gpu, true), Tuned);
+                assert_eq!(resolve(Auto, rows, transposed, Gpu, false), Tuned);
+                assert_eq!(resolve(Tuned, rows, transposed, Llvmpipe, true), Tuned);
+                assert_ne!(resolve(Auto, rows, transposed, Llvmpipe, true), Tuned);
+            }
+            // The rule a GPU takes where nothing is timed (the browser).
+            assert_eq!(rule(1, transposed, Gpu, true), FusedGroup);
+            assert_eq!(rule(32, transposed, Gpu, true), FusedGroup);
+            assert_eq!(rule(33, transposed, Gpu, true), DequantMatmul);
             assert_eq!(resolve(Fused, 2048, transposed, Gpu, true), FusedGroup);
         }
+    }
+
+    #[test]
+    fn tuning_measures_each_kernel_the_shape_allows_once() {
+        let whole = tune_candidates(true);
+        assert_eq!(whole.len(), 5);
+        for (i, s) in whole.iter().enumerate() {
+            assert!(!whole[i + 1..].contains(s), "{s} listed twice");
+            // Each candidate runs as itself: none is rewritten into another by the shape.
+            assert_eq!(resolve(*s, 300, false, Gpu, true), *s);
+        }
+        // Where rows of W do not hold whole packed words, the tile kernel and the GEMM would
+        // run as the group kernel and dequantize+matmul: they are not candidates.
+        let ragged = tune_candidates(false);
+        assert_eq!(ragged, vec![FusedGroup, DequantMatmul]);
+        for s in ragged {
+            assert_eq!(resolve(s, 300, true, Gpu, false), s);
+        }
+        assert_eq!(
+            [0, 1, 2, 7, 8, 300, 2048].map(tune_rows),
+            [1, 1, 2, 8, 8, 512, 2048]
+        );
     }
 
     #[test]

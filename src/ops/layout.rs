@@ -28,9 +28,16 @@ impl QLayout {
 /// Which implementation computes a 4-bit matmul on the kernel path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum MatmulStrategy {
-    /// The measured choice for the shape (see [`crate::ops::dispatch`]).
+    /// The choice for the shape and adapter (see [`crate::ops::dispatch`]): timed on the device
+    /// ([`MatmulStrategy::Tuned`]) on a native GPU, a measured rule on software adapters and in
+    /// the browser.
     #[default]
     Auto,
+    /// Time every kernel that fits the shape on the device, the first time its shape class
+    /// (product, rows rounded up to a power of two, K, N) is met in the process, and take the
+    /// fastest from then on (CubeCL's autotune, as burn tunes its own matmul). In the browser,
+    /// where a timing cannot be awaited inside a call, it is [`MatmulStrategy::Auto`]'s rule.
+    Tuned,
     /// The fused dequant+matmul WGSL kernel that suits the adapter: [`MatmulStrategy::FusedTile`]
     /// on a software adapter where K is a multiple of 8, else [`MatmulStrategy::FusedGroup`].
     Fused,
@@ -54,6 +61,22 @@ pub enum MatmulStrategy {
         /// Rows of W dequantized at a time.
         rows: usize,
     },
+}
+
+impl std::fmt::Display for MatmulStrategy {
+    /// The short name the benchmark prints and the autotune records.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MatmulStrategy::Auto => f.write_str("auto"),
+            MatmulStrategy::Tuned => f.write_str("tuned"),
+            MatmulStrategy::Fused => f.write_str("fused"),
+            MatmulStrategy::FusedGroup => f.write_str("group"),
+            MatmulStrategy::FusedTile => f.write_str("tile"),
+            MatmulStrategy::FusedGemm(tile) => write!(f, "gemm{}", tile.side()),
+            MatmulStrategy::DequantMatmul => f.write_str("dequant_matmul"),
+            MatmulStrategy::DequantChunks { rows } => write!(f, "dequant_matmul_{rows}"),
+        }
+    }
 }
 
 /// The output tile one workgroup of the tiled 4-bit GEMM computes (16 x 16 invocations, each

@@ -12,6 +12,8 @@ pub mod dispatch;
 mod layout;
 pub mod reference;
 pub mod shaders;
+#[cfg(not(target_family = "wasm"))]
+mod tune;
 mod weight;
 
 use burn::backend::{Dispatch, DispatchTensor};
@@ -20,6 +22,25 @@ use burn::tensor::Tensor;
 pub use backend::QuantBackend;
 pub use layout::{GemmTile, MatmulStrategy, QLayout};
 pub use weight::{OpsPath, QWeight, TABLES_LEN};
+
+/// The kernel [`MatmulStrategy::Tuned`] chose on `device` for `rows` rows of `w`'s product
+/// (`dY W` when `transposed`), once a product of that shape class ran there tuned; `None` before,
+/// on other devices, and in the browser, which does not time kernels.
+pub fn tuned_choice(
+    device: &burn::tensor::Device,
+    rows: usize,
+    w: &QWeight,
+    transposed: bool,
+) -> Option<MatmulStrategy> {
+    #[cfg(not(target_family = "wasm"))]
+    if let burn::backend::DispatchDevice::Cube(cube @ burn::cubecl::Device::Wgpu(_)) =
+        device.clone().inner().as_dispatch()
+    {
+        return tune::tuned_choice(cube, rows, &w.layout, transposed);
+    }
+    let _ = (device, rows, w, transposed);
+    None
+}
 
 /// The weight's four tensors (packed, absmax_q, scales, tables) in dispatch form.
 fn dispatch_parts(w: &QWeight) -> [DispatchTensor; 4] {

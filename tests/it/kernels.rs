@@ -10,7 +10,7 @@ use crate::common;
 
 use burn::tensor::Tensor;
 use common::{cpu, rand_vec, rel_err, tensor, values, wgpu};
-use wgtune::ops::{self, GemmTile, MatmulStrategy, OpsPath, QWeight};
+use wgtune::ops::{self, GemmTile, MatmulStrategy, OpsPath, QWeight, dispatch};
 use wgtune::quant::{QuantConfig, QuantFormat, QuantizedTensor};
 
 const FWD_TOL: f32 = 1e-4;
@@ -20,9 +20,11 @@ const GRAD_TOL: f32 = 1e-3;
 const SHAPES: [(usize, usize, usize); 3] = [(33, 70, 64), (70, 200, 128), (7, 1000, 64)];
 
 /// Every kernel path, each forced whatever the adapter (the tiled kernel and the GEMM need
-/// K % 8 == 0: at K = 70 they hand over to the group kernel and to dequantize+matmul).
-const STRATEGIES: [MatmulStrategy; 8] = [
+/// K % 8 == 0: at K = 70 they hand over to the group kernel and to dequantize+matmul), and the
+/// timed choice among them.
+const STRATEGIES: [MatmulStrategy; 9] = [
     MatmulStrategy::Auto,
+    MatmulStrategy::Tuned,
     MatmulStrategy::Fused,
     MatmulStrategy::FusedGroup,
     MatmulStrategy::FusedTile,
@@ -106,6 +108,59 @@ fn qmatmul_forward_matches_reference() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The timed choice runs one of the kernels the shape allows, the same one for every product of
+/// its shape class, with that kernel's exact output; llvmpipe's `Auto` times nothing.
+#[test]
+fn tuned_strategy_runs_the_kernel_it_timed_fastest() {
+    let device = wgpu();
+    // Shapes no other test uses, so no tuning ran for their classes: K = 136 holds whole
+    // packed words (five candidates), K = 100 does not (two).
+    for (n, k) in [(40usize, 136usize), (40, 100)] {
+        let q = quantized(n, k, QuantConfig::default(), 20);
+        let wg = QWeight::upload(&q, &device);
+        let allowed = dispatch::tune_candidates(k.is_multiple_of(8));
+        for transposed in [false, true] {
+            let inner = if transposed { n } else { k };
+            let run = |m: usize, strategy| {
+                let x = tensor(rand_vec(m * inner, 21 + m as u64), [m, inner], &device);
+                values(if transposed {
+                    ops::qmatmul_t_with(x, &wg, strategy)
+                } else {
+                    ops::qmatmul_with(x, &wg, strategy)
+                })
+            };
+            let _ = run(20, MatmulStrategy::Auto);
+            assert_eq!(
+                ops::tuned_choice(&device, 20, &wg, transposed),
+                None,
+                "llvmpipe's Auto keeps the measured rule"
+            );
+            let first = run(20, MatmulStrategy::Tuned);
+            let chosen = ops::tuned_choice(&device, 20, &wg, transposed)
+                .expect("a tuned product leaves its choice");
+            assert!(
+                allowed.contains(&chosen),
+                "{n}x{k} transposed={transposed}: {chosen} is not a candidate for this shape"
+            );
+            // 17..32 rows are one class: the choice stands, and its output is the kernel's own.
+            assert_eq!(
+                ops::tuned_choice(&device, 32, &wg, transposed),
+                Some(chosen)
+            );
+            assert_eq!(ops::tuned_choice(&device, 33, &wg, transposed), None);
+            // Bit for bit: the same kernel on the same input.
+            assert!(
+                first == run(20, chosen),
+                "{n}x{k} transposed={transposed}: the tuned product is not {chosen}'s"
+            );
+            assert!(
+                run(31, MatmulStrategy::Tuned) == run(31, chosen),
+                "{n}x{k} transposed={transposed}, 31 rows: the tuned product is not {chosen}'s"
+            );
         }
     }
 }
