@@ -116,49 +116,88 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Seconds per call of `f` when calls are queued back to back and synchronized once (as in a
-/// model's forward pass, where launches overlap), after a warm-up call (compilation).
+/// One path of a row: a call that queues the product.
+type Path<'a> = Box<dyn FnMut() -> Tensor<2> + 'a>;
+
+/// Seconds for `q` calls of `f` queued back to back and synchronized once.
+fn batch(device: &Device, f: &mut Path, q: usize) -> f64 {
+    let t = Instant::now();
+    let outputs: Vec<_> = (0..q).map(|_| f()).collect();
+    device.sync().expect("sync");
+    drop(outputs);
+    t.elapsed().as_secs_f64()
+}
+
+/// Seconds per call of each path when calls are queued back to back and synchronized once (as in
+/// a model's forward pass, where launches overlap), after a warm-up call (compilation, or a
+/// tuned path's tuning).
 ///
 /// The one synchronization that ends a batch has a fixed cost (a submit and a wait, worth many
 /// small kernels on a fast GPU). Timing a batch of q calls and one of 2q calls takes it out: a
 /// call costs (t(2q) - t(q)) / q. q doubles from 2 until a batch takes 10 ms, keeping at most
-/// 1024 calls and 1 GiB of outputs (`out_bytes` each) alive. The median over up to 7 such pairs
-/// within ~1 s.
-fn time(device: &Device, out_bytes: usize, mut f: impl FnMut() -> Tensor<2>) -> f64 {
-    let t = Instant::now();
-    let _ = f().into_data();
-    let first = t.elapsed().as_secs_f64();
-    if first > 5.0 {
-        // A call this long dwarfs compilation and synchronization: the first one is the measurement.
-        return first;
-    }
-    let mut batch = |q: usize| {
-        let t = Instant::now();
-        let outputs: Vec<_> = (0..q).map(|_| f()).collect();
-        device.sync().expect("sync");
-        drop(outputs);
-        t.elapsed().as_secs_f64()
-    };
+/// 1024 calls and 1 GiB of outputs (`out_bytes` each) alive. A call of 20 ms or more dwarfs the
+/// synchronization and is timed alone; one of more than 5 s is measured by its warm-up call.
+///
+/// The paths are sampled in rounds, one sample of each in turn, so that a machine whose speed
+/// drifts (a busy VM's steal time) slows them alike and their ratios hold: 3 to 7 rounds, until
+/// about a second per path has passed. Each path's time is the lower median of its samples.
+fn time_paths(device: &Device, out_bytes: usize, paths: &mut [Path]) -> Vec<f64> {
     let cap = ((1usize << 29) / out_bytes.max(1)).clamp(2, 1024);
-    let mut q = 2;
-    while q * 2 <= cap && batch(q) < 0.01 {
-        q *= 2;
-    }
-    let mut samples = Vec::new();
+    // Per path: the warm-up's seconds, and the batch size its samples take (None: the warm-up
+    // is the measurement).
+    let plan: Vec<(f64, Option<usize>)> = paths
+        .iter_mut()
+        .map(|f| {
+            let t = Instant::now();
+            let _ = f().into_data();
+            let first = t.elapsed().as_secs_f64();
+            if first > 5.0 {
+                return (first, None);
+            }
+            if batch(device, f, 1) >= 0.02 {
+                return (first, Some(1));
+            }
+            let mut q = 2;
+            while q * 2 <= cap && batch(device, f, q) < 0.01 {
+                q *= 2;
+            }
+            (first, Some(q))
+        })
+        .collect();
+    let mut samples = vec![Vec::new(); paths.len()];
+    let budget = Duration::from_secs(paths.len() as u64);
     let start = Instant::now();
-    while samples.len() < 7 && (samples.is_empty() || start.elapsed() < Duration::from_secs(1)) {
-        let one = batch(q);
-        let two = batch(2 * q);
-        let per_call = (two - one) / q as f64;
-        // Noise can make the difference vanish; then the plain mean of the longer batch.
-        samples.push(if per_call > 0.0 {
-            per_call
-        } else {
-            two / (2 * q) as f64
-        });
+    for round in 0..7 {
+        if round >= 3 && start.elapsed() > budget {
+            break;
+        }
+        for ((f, &(_, q)), samples) in paths.iter_mut().zip(&plan).zip(&mut samples) {
+            let Some(q) = q else { continue };
+            samples.push(if q == 1 {
+                batch(device, f, 1)
+            } else {
+                let one = batch(device, f, q);
+                let two = batch(device, f, 2 * q);
+                let per_call = (two - one) / q as f64;
+                // Noise can make the difference vanish; then the plain mean of the longer batch.
+                if per_call > 0.0 {
+                    per_call
+                } else {
+                    two / (2 * q) as f64
+                }
+            });
+        }
     }
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+    plan.iter()
+        .zip(samples)
+        .map(|(&(first, _), mut samples)| {
+            if samples.is_empty() {
+                return first;
+            }
+            samples.sort_by(f64::total_cmp);
+            samples[(samples.len() - 1) / 2]
+        })
+        .collect()
 }
 
 /// Seconds per call of the fused kernel, dequantize+matmul and the dense matmul on a 64x64
@@ -171,15 +210,13 @@ fn call_floor(device: &Device) -> [f64; 3] {
     let wt = Tensor::<2>::from_data(TensorData::new(transpose(&w, n, k), [k, n]), device);
     let x = Tensor::<2>::from_data(TensorData::new(random(k, 1), [1, k]), device);
     let bytes = n * 4;
-    [
-        time(device, bytes, || {
-            ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::Fused)
-        }),
-        time(device, bytes, || {
-            ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::DequantMatmul)
-        }),
-        time(device, bytes, || x.clone().matmul(wt.clone())),
-    ]
+    let mut paths: Vec<Path> = vec![
+        Box::new(|| ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::Fused)),
+        Box::new(|| ops::qmatmul_with(x.clone(), &qw, MatmulStrategy::DequantMatmul)),
+        Box::new(|| x.clone().matmul(wt.clone())),
+    ];
+    let t = time_paths(device, bytes, &mut paths);
+    [t[0], t[1], t[2]]
 }
 
 fn main() {
@@ -278,7 +315,7 @@ fn main() {
         // one f32 buffer, so it runs where the dense weight fits.
         let dequant_s = dense_t
             .is_some()
-            .then(|| time(&device, n * k * 4, || ops::dequantize(&qw)));
+            .then(|| time_paths(&device, n * k * 4, &mut [Box::new(|| ops::dequantize(&qw))])[0]);
         let dequant_gbps = dequant_s.map(|t| (qw.size_bytes() + n * k * 4) as f64 / 1e9 / t);
         if !args.json {
             println!(
@@ -301,29 +338,57 @@ fn main() {
             );
             let flops = 2.0 * (m * n * k) as f64 / 1e9;
             let out_bytes = m * outer * 4;
-            // On a GPU the fused kernel serves few rows (ops::dispatch), and past FUSED_LIMIT rows
-            // it is not measured.
-            let fused = (m <= FUSED_LIMIT || software)
-                .then(|| flops / time(&device, out_bytes, || product(&x, MatmulStrategy::Fused)));
-            let other_fused =
-                (m <= OTHER_LIMIT).then(|| flops / time(&device, out_bytes, || product(&x, other)));
-            let gemm = GemmTile::ALL.map(|tile| {
-                (m >= GEMM_MIN).then(|| {
-                    flops
-                        / time(&device, out_bytes, || {
-                            product(&x, MatmulStrategy::FusedGemm(tile))
-                        })
-                })
-            });
-            let deq = flops
-                / time(&device, out_bytes, || {
-                    product(&x, MatmulStrategy::DequantMatmul)
-                });
-            // One f32 copy of a large weight exceeds WebGPU's default 128 MiB binding limit, which
-            // software adapters and browsers enforce: the dense baseline cannot run there.
-            let dense = dense_t
-                .as_ref()
-                .map(|wt| flops / time(&device, out_bytes, || x.clone().matmul(wt.clone())));
+            // What a model gets (`MatmulStrategy::Auto`) is timed as such where the dispatch
+            // tunes (a native GPU, or `--tuned`), with its first call (the tuning) as the
+            // warm-up; elsewhere it is the rule's path, one of the others.
+            let tunes =
+                identity.is_some() && dispatch::TUNES && (args.tuned || class == AdapterClass::Gpu);
+            // The paths of this row, by name. On a GPU the fused kernel serves few rows
+            // (ops::dispatch), and past FUSED_LIMIT rows it is not measured. One f32 copy of a
+            // large weight exceeds WebGPU's default 128 MiB binding limit, which software adapters
+            // and browsers enforce: the dense baseline cannot run there.
+            let (x, product) = (&x, &product);
+            let mut named: Vec<(&str, Path)> = Vec::new();
+            if m <= FUSED_LIMIT || software {
+                named.push(("fused", Box::new(|| product(x, MatmulStrategy::Fused))));
+            }
+            if m <= OTHER_LIMIT {
+                named.push(("other", Box::new(|| product(x, other))));
+            }
+            if m >= GEMM_MIN {
+                for (name, tile) in [("gemm64", GemmTile::T64), ("gemm128", GemmTile::T128)] {
+                    named.push((
+                        name,
+                        Box::new(move || product(x, MatmulStrategy::FusedGemm(tile))),
+                    ));
+                }
+            }
+            named.push((
+                "deq",
+                Box::new(|| product(x, MatmulStrategy::DequantMatmul)),
+            ));
+            if let Some(wt) = &dense_t {
+                named.push(("dense", Box::new(|| x.clone().matmul(wt.clone()))));
+            }
+            if tunes {
+                named.push(("auto", Box::new(|| product(x, MatmulStrategy::Tuned))));
+            }
+            let (names, mut paths): (Vec<_>, Vec<_>) = named.into_iter().unzip();
+            let seconds = time_paths(&device, out_bytes, &mut paths);
+            let gflops = |name: &str| {
+                names
+                    .iter()
+                    .position(|n| *n == name)
+                    .map(|i| flops / seconds[i])
+            };
+            let (fused, other_fused, deq, dense) = (
+                gflops("fused"),
+                gflops("other"),
+                gflops("deq"),
+                gflops("dense"),
+            );
+            let deq = deq.expect("dequantize+matmul is always timed");
+            let gemm = [gflops("gemm64"), gflops("gemm128")];
             // The fastest 4-bit path measured, and the one the dispatch takes for this shape.
             let candidates = [
                 (kernel, fused),
@@ -341,13 +406,6 @@ fn main() {
             } else {
                 "fused"
             };
-            // What a model gets (`MatmulStrategy::Auto`): on a native GPU the kernel the tuning
-            // picks, timed here with its first call (the tuning) as the warm-up; elsewhere the
-            // rule's path, measured above where the rule takes one of the timed paths.
-            let tunes =
-                identity.is_some() && dispatch::TUNES && (args.tuned || class == AdapterClass::Gpu);
-            let auto_timed = tunes
-                .then(|| flops / time(&device, out_bytes, || product(&x, MatmulStrategy::Tuned)));
             let dispatched = ops::tuned_choice(&device, m, &qw, args.transposed)
                 .unwrap_or_else(|| {
                     dispatch::resolve(
@@ -359,7 +417,7 @@ fn main() {
                     )
                 })
                 .to_string();
-            let auto = auto_timed.or_else(|| {
+            let auto = gflops("auto").or_else(|| {
                 candidates
                     .iter()
                     .find(|c| c.0 == dispatched)

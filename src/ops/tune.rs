@@ -2,12 +2,11 @@
 //!
 //! The first product of a shape class ([`TuneKey`]) on a device runs every kernel the shape
 //! allows ([`dispatch::tune_candidates`]) under CubeCL's autotune: a warm-up call each, then
-//! samples in round robin until the slower ones are ruled out. That product and every later one
-//! of its class run the fastest. Results live as long as the process (CubeCL's file cache is not
-//! built in), and a tuning costs a few milliseconds on a GPU. This is how burn tunes its own
-//! matmul. The candidates compute the same function and differ only in the order of their f32
-//! sums, so a run's numbers may differ from another's in the last bits where the two chose
-//! differently.
+//! samples in round robin (3 to 10 calls each) until the slower ones are ruled out. That product
+//! and every later one of its class run the fastest. Results live as long as the process
+//! (CubeCL's file cache is not built in). It is the machinery burn tunes its own matmuls with. The
+//! candidates compute the same function and differ only in the order of their f32 sums, so a
+//! run's numbers may differ from another's in the last bits where the two chose differently.
 //!
 //! A kernel the tuning picks over the measured rule ([`dispatch::rule`]) is checked once per
 //! shape class against the rule's kernel on the same input: a kernel that runs on a GPU for the
