@@ -35,8 +35,9 @@ pub enum MatmulStrategy {
     Auto,
     /// Time every kernel that fits the shape on the device, the first time its shape class
     /// (product, rows rounded up to a power of two, K, N) is met in the process, and take the
-    /// fastest from then on (CubeCL's autotune, as burn tunes its own matmul). In the browser,
-    /// where a timing cannot be awaited inside a call, it is [`MatmulStrategy::Auto`]'s rule.
+    /// fastest from then on (CubeCL's autotune, the machinery burn tunes its own matmuls with).
+    /// In the browser, where a timing cannot be awaited inside a call, it is
+    /// [`MatmulStrategy::Auto`]'s rule.
     Tuned,
     /// The fused dequant+matmul WGSL kernel that suits the adapter: [`MatmulStrategy::FusedTile`]
     /// on a software adapter where K is a multiple of 8, else [`MatmulStrategy::FusedGroup`].
