@@ -16,10 +16,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::wgpu::{CubeBackend, CubeTensor};
+use burn::cubecl::client::Client;
 use burn::cubecl::tune::{LocalTuner, Tunable, TunableSet, local_tuner};
 use burn::cubecl::{CubeTuneId, Device};
 
@@ -109,9 +110,25 @@ fn tunables() -> TunableSet<TuneKey, Inputs, CubeTensor, MatmulStrategy> {
 /// row or nibble moves values by their own size.
 pub const AGREE: f32 = 1e-3;
 
-/// What the check found for a shape class on a device: `None` while it is not checked yet.
-type Verdicts = HashMap<(CubeTuneId, TuneKey), Verdict>;
-static VERDICTS: Mutex<Option<Verdicts>> = Mutex::new(None);
+/// What the check found for each shape class checked on a device.
+static VERDICTS: LazyLock<Mutex<HashMap<(CubeTuneId, TuneKey), Verdict>>> =
+    LazyLock::new(Default::default);
+
+/// The check's verdict for `key` on `id`: `None` while it is not checked yet.
+fn verdict(id: &CubeTuneId, key: &TuneKey) -> Option<Verdict> {
+    let verdicts = VERDICTS.lock().expect("verdicts lock");
+    verdicts.get(&(id.clone(), key.clone())).copied()
+}
+
+/// The measured rule's kernel for `rows` rows of `layout`'s product on `client`'s adapter.
+fn rule(client: &Client, rows: usize, layout: &QLayout, transposed: bool) -> MatmulStrategy {
+    dispatch::rule(
+        rows,
+        transposed,
+        AdapterClass::of(&client.properties().identity),
+        layout.in_features.is_multiple_of(8),
+    )
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verdict {
@@ -135,19 +152,8 @@ pub(super) fn tuned_linear(
     let inputs = (x, w, *layout, transposed);
     let rows = rows(&inputs);
     let key = TuneKey::new(rows, layout, transposed);
-    let rule = dispatch::rule(
-        rows,
-        transposed,
-        AdapterClass::of(&client.properties().identity),
-        layout.in_features.is_multiple_of(8),
-    );
-    let verdict = VERDICTS
-        .lock()
-        .expect("verdicts lock")
-        .get_or_insert_default()
-        .get(&(id.clone(), key.clone()))
-        .copied();
-    match verdict {
+    let rule = rule(&client, rows, layout, transposed);
+    match verdict(&id, &key) {
         Some(Verdict::Tuned) => TUNER.execute(&id, &client, set, inputs),
         Some(Verdict::Rule) => linear(inputs.0, inputs.1, layout, rule, transposed),
         None => {
@@ -170,7 +176,6 @@ pub(super) fn tuned_linear(
             VERDICTS
                 .lock()
                 .expect("verdicts lock")
-                .get_or_insert_default()
                 .insert((id, key), verdict);
             out
         }
@@ -238,19 +243,8 @@ pub fn tuned_choice(
     let id = CubeTuneId::new(&client, device);
     let set = TUNER.init(&id, tunables);
     let key = TuneKey::new(rows, layout, transposed);
-    let verdict = VERDICTS
-        .lock()
-        .expect("verdicts lock")
-        .get_or_insert_default()
-        .get(&(id.clone(), key.clone()))
-        .copied();
-    if verdict == Some(Verdict::Rule) {
-        return Some(dispatch::rule(
-            rows,
-            transposed,
-            AdapterClass::of(&client.properties().identity),
-            layout.in_features.is_multiple_of(8),
-        ));
+    if verdict(&id, &key) == Some(Verdict::Rule) {
+        return Some(rule(&client, rows, layout, transposed));
     }
     TUNER.fastest_identity(&id, &set, &key)
 }
