@@ -367,3 +367,23 @@ fn reference_path_runs_on_wgpu_too() {
     assert!(rel_err(&got, &expect) <= FWD_TOL);
     let _ = Tensor::<1>::zeros([1], &wgpu());
 }
+
+/// Names the adapter these tests ran on. With `WGTUNE_TEST_ADAPTER` (a part of its name, any
+/// case) it fails when wgpu opened another one: `.ci/run` runs this module a second time on
+/// Chromium's SwiftShader through `VK_DRIVER_FILES`, and a driver that failed to load would
+/// otherwise leave wgpu on llvmpipe and the second run proving nothing new.
+#[test]
+fn kernels_run_on_the_adapter_asked_for() {
+    let name = wgpu()
+        .identity()
+        .expect("the wgpu device has an adapter")
+        .name
+        .to_string();
+    eprintln!("kernel tests on {name}");
+    if let Ok(want) = std::env::var("WGTUNE_TEST_ADAPTER") {
+        assert!(
+            name.to_lowercase().contains(&want.to_lowercase()),
+            "WGTUNE_TEST_ADAPTER={want}, but wgpu opened {name}"
+        );
+    }
+}
