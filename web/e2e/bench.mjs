@@ -9,14 +9,15 @@
 // ROWS (all 400 quickstart rows), REPEAT (1: the rows that many times over), EVAL_SHARE (0.01),
 // DEVICE_ONLY (set: print the WebGPU adapter and stop), LOAD_ONLY (set: stop after the load),
 // PREPARE_ONLY (set: stop once the run is ready), SCREENSHOT (a .png path: the trained page),
-// NATIVE (wgpu or cpu: then the same run in `wgtune train` on that device, and the ratio).
+// NATIVE (wgpu, cpu, or swiftshader: wgpu on Chromium's SwiftShader as a Vulkan driver, the page's
+// own adapter without a GPU; then the same run in `wgtune train` on that device, and the ratio).
 //
 // On a GPU machine without network or browser: web/e2e/gpu-bundle.sh packs, carries and runs it.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fillSettings, launch, nativeTrain, startServer, steadySpeed, watchConsole } from './browser.mjs';
+import { fillSettings, launch, nativeTrain, startServer, steadySpeed, swiftshaderIcd, watchConsole } from './browser.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -111,10 +112,12 @@ async function train(page) {
   if (!env.NATIVE) return;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wgtune-bench-'));
   fs.writeFileSync(path.join(dir, 'train.jsonl'), `${text}\n`);
+  const onSwiftshader = env.NATIVE === 'swiftshader';
   const native = nativeTrain(WGTUNE, { model: MODEL, data: path.join(dir, 'train.jsonl'), out: path.join(dir, 'out'),
-    settings, quant: env.QUANT ?? 'nf4', evalSplit: env.EVAL_SHARE ?? '0.01', device: env.NATIVE });
+    settings, quant: env.QUANT ?? 'nf4', evalSplit: env.EVAL_SHARE ?? '0.01',
+    device: onSwiftshader ? 'wgpu' : env.NATIVE, icd: onSwiftshader ? swiftshaderIcd() : undefined });
   const worst = Math.max(...native.losses.map((l, i) => Math.abs(l - st.steps[i].loss)));
-  console.log(`native (wgtune train --device ${env.NATIVE}): ${native.steps_per_s.toFixed(3)} steps/s, ` +
+  console.log(`native (wgtune train on ${native.adapter}): ${native.steps_per_s.toFixed(3)} steps/s, ` +
     `${native.tokens_per_s.toFixed(1)} tokens/s; page / native ${(speed.steps_per_s / native.steps_per_s).toFixed(2)}x; ` +
     `loss curves differ by at most ${worst.toExponential(2)} over ${native.losses.length} steps`);
   fs.rmSync(dir, { recursive: true, force: true });

@@ -58,11 +58,22 @@ export function steadySpeed(steps) {
   return { steps_per_s: steady.length / secs, tokens_per_s: steady.reduce((a, s) => a + s.tokens, 0) / secs };
 }
 
+// Chromium's SwiftShader as a Vulkan driver (`SWIFTSHADER_ICD`; Debian's chromium package
+// ships it): the native binary on it runs the page's kernels on the page's software adapter,
+// so the two speeds differ only by what the browser adds (WebGPU's checks, Tint, wasm).
+export function swiftshaderIcd() {
+  return process.env.SWIFTSHADER_ICD ?? '/usr/lib/chromium/vk_swiftshader_icd.json';
+}
+
 // `wgtune train` with the page's settings (`{ r, alpha, lr, steps, maxLen, batch }`, plus the
-// page's fixed ones: no dropout, every linear layer, constant rate, seed 42) on `device`;
-// returns its speed (as steadySpeed), its losses and its wall time.
-export function nativeTrain(wgtune, { model, data, out, settings, quant = 'nf4', evalSplit = 0, device = 'wgpu' }) {
+// page's fixed ones: no dropout, every linear layer, constant rate, seed 42) on `device`, with
+// wgpu restricted to the Vulkan driver `icd` when given; returns its speed (as steadySpeed), its
+// losses, its wall time and the device it reported.
+export function nativeTrain(wgtune, { model, data, out, settings, quant = 'nf4', evalSplit = 0, device = 'wgpu', icd }) {
   fs.rmSync(out, { recursive: true, force: true });
+  if (icd && !fs.existsSync(icd)) throw new Error(`no Vulkan driver manifest at ${icd}`);
+  // Loaders before 1.3.207 know only the older variable's name.
+  const env = icd ? { ...process.env, VK_DRIVER_FILES: icd, VK_ICD_FILENAMES: icd } : process.env;
   const start = Date.now();
   const r = spawnSync(wgtune, ['train', '--model', model, '--data', data, '--out', out, '--device', device,
     '--quant', quant, '--lora-r', String(settings.r), '--lora-alpha', String(settings.alpha),
@@ -70,9 +81,10 @@ export function nativeTrain(wgtune, { model, data, out, settings, quant = 'nf4',
     '--schedule', 'constant', '--warmup-steps', '0', '--weight-decay', '0', '--max-grad-norm', '1',
     '--batch-size', String(settings.batch), '--steps', String(settings.steps),
     '--max-len', String(settings.maxLen), '--eval-split', String(evalSplit), '--seed', '42'],
-  { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env });
   if (r.status !== 0) throw new Error(`wgtune train failed (${r.status}):\n${r.stderr}`);
   const wall = (Date.now() - start) / 1000;
+  const adapter = /^device: (.*)$/m.exec(r.stderr)?.[1] ?? 'unknown';
   const metrics = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n')
     .map((l) => JSON.parse(l)).filter((m) => m.step !== undefined && m.loss !== undefined);
   // metrics.jsonl keeps running totals and each step's rate: back out each step's tokens and time.
@@ -80,5 +92,5 @@ export function nativeTrain(wgtune, { model, data, out, settings, quant = 'nf4',
     const tokens = m.tokens - (i > 0 ? metrics[i - 1].tokens : 0);
     return { tokens, ms: (1000 * tokens) / m.tokens_per_s };
   });
-  return { ...steadySpeed(steps), wall_s: wall, losses: metrics.map((m) => m.loss) };
+  return { ...steadySpeed(steps), wall_s: wall, losses: metrics.map((m) => m.loss), adapter };
 }

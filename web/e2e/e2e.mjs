@@ -9,16 +9,18 @@
 //     loss fell, generates text with and without the adapter, downloads the adapter zip, and
 //     saves a screenshot (out/trained.png);
 //  4. checks with the native binary that the adapter loads and gives the eval loss the page
-//     reported (within 1e-3), and that `wgtune train` with the same settings on llvmpipe follows
-//     the same loss curve;
+//     reported (within 1e-3), and that `wgtune train` with the same settings follows the same
+//     loss curve on llvmpipe and on Chromium's SwiftShader as a Vulkan driver (the page's own
+//     adapter, so that the speeds compare the browser with the native binary alone);
 //  5. starts Chromium without the WebGPU flag and checks the page says there is no WebGPU.
 //
-// Env: WGTUNE (the native binary), FIXTURES (../shared/fixtures), OUT (default web/e2e/out).
+// Env: WGTUNE (the native binary), FIXTURES (../shared/fixtures), OUT (default web/e2e/out),
+// SWIFTSHADER_ICD (Chromium's SwiftShader Vulkan manifest; /usr/lib/chromium/vk_swiftshader_icd.json).
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fillSettings, launch, nativeTrain, startServer, steadySpeed, watchConsole } from './browser.mjs';
+import { fillSettings, launch, nativeTrain, startServer, steadySpeed, swiftshaderIcd, watchConsole } from './browser.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -278,14 +280,21 @@ async function main() {
       `${st.evalAfter.loss.toFixed(6)} (diff ${diff.toExponential(2)})`);
     results.native_eval = evalOut.loss;
 
-    // --- The same run natively on llvmpipe: speed, and the loss curve.
-    const native = nativeTrain(WGTUNE, { model: modelDir, data: dataPath, out: path.join(OUT, 'native-run'),
-      settings: SETTINGS });
-    const nativeLosses = native.losses;
-    const worst = Math.max(...nativeLosses.map((l, i) => Math.abs(l - losses[i])));
-    results.native = { ...native, worst_loss_diff: worst };
-    check(nativeLosses.length === losses.length && worst < 1e-3,
-      `native llvmpipe run follows the page's loss curve (worst step diff ${worst.toExponential(2)})`);
+    // --- The same run natively: on the machine's own Vulkan adapter (llvmpipe without a GPU),
+    // then on the page's adapter, Chromium's SwiftShader, where the speeds differ only by what
+    // the browser adds. Speed, and the loss curve.
+    const follows = (name, run) => {
+      const worst = Math.max(...run.losses.map((l, i) => Math.abs(l - losses[i])));
+      check(run.losses.length === losses.length && worst < 1e-3,
+        `native run on ${run.adapter} follows the page's loss curve (worst step diff ${worst.toExponential(2)})`);
+      results[name] = { ...run, worst_loss_diff: worst };
+    };
+    follows('native', nativeTrain(WGTUNE, { model: modelDir, data: dataPath, out: path.join(OUT, 'native-run'),
+      settings: SETTINGS }));
+    const swiftshader = nativeTrain(WGTUNE, { model: modelDir, data: dataPath,
+      out: path.join(OUT, 'native-swiftshader-run'), settings: SETTINGS, icd: swiftshaderIcd() });
+    check(/swiftshader/i.test(swiftshader.adapter), `the native binary runs on Chromium's SwiftShader (${swiftshader.adapter})`);
+    follows('native_swiftshader', swiftshader);
 
     // --- No WebGPU.
     const plain = await launch(false);
@@ -306,8 +315,10 @@ async function main() {
   const r = results;
   console.log(`\nspeed (tiny model, batch ${SETTINGS.batch}, steady state after step 1):`);
   console.log(`  page (Chromium WebGPU, ${r.device.adapter}): ${r.page.steps_per_s.toFixed(2)} steps/s, ${r.page.tokens_per_s.toFixed(0)} tokens/s (first step ${(r.page.first_step_ms / 1000).toFixed(1)} s)`);
-  console.log(`  native (wgtune train --device wgpu): ${r.native.steps_per_s.toFixed(2)} steps/s, ${r.native.tokens_per_s.toFixed(0)} tokens/s`);
-  console.log(`  page / native: ${(r.page.steps_per_s / r.native.steps_per_s).toFixed(2)}x`);
+  for (const n of [r.native, r.native_swiftshader]) {
+    console.log(`  native (wgtune train on ${n.adapter}): ${n.steps_per_s.toFixed(2)} steps/s, ` +
+      `${n.tokens_per_s.toFixed(0)} tokens/s; page / native ${(r.page.steps_per_s / n.steps_per_s).toFixed(2)}x`);
+  }
   console.log(`results and screenshot in ${OUT}`);
 }
 
