@@ -152,11 +152,14 @@ pub(super) fn tuned_linear(
     let inputs = (x, w, *layout, transposed);
     let rows = rows(&inputs);
     let key = TuneKey::new(rows, layout, transposed);
-    let rule = rule(&client, rows, layout, transposed);
     match verdict(&id, &key) {
         Some(Verdict::Tuned) => TUNER.execute(&id, &client, set, inputs),
-        Some(Verdict::Rule) => linear(inputs.0, inputs.1, layout, rule, transposed),
+        Some(Verdict::Rule) => {
+            let rule = rule(&client, rows, layout, transposed);
+            linear(inputs.0, inputs.1, layout, rule, transposed)
+        }
         None => {
+            let rule = rule(&client, rows, layout, transposed);
             let (x, w) = (inputs.0.clone(), inputs.1.clone());
             let out = TUNER.execute(&id, &client, set.clone(), inputs);
             // Unsettled where timings resolve later (not natively): checked on a later call.
