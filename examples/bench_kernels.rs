@@ -274,7 +274,7 @@ fn main() {
             floor[2] * 1e6
         );
         println!(
-            "{:>5} {:>5} {:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>13} | fastest 4-bit (dispatch) | µs fused / deq+mm / dense",
+            "{:>5} {:>5} {:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>13} | fastest 4-bit (dispatch) | µs fused / deq+mm / dense",
             "M",
             "K",
             "N",
@@ -284,6 +284,7 @@ fn main() {
             "other",
             "gemm64",
             "gemm128",
+            "subgroup",
             "fused/dense",
             "fused/deq+mm"
         );
@@ -293,6 +294,9 @@ fn main() {
         let w = random(n * k, (k * n) as u64);
         let q = QuantizedTensor::quantize(&w, &[n, k], QuantConfig::default()).expect("quantize");
         let qw = QWeight::upload(&q, &device);
+        // Whether the subgroup kernel runs here (llvmpipe, for X W^T).
+        let fit = ops::fit(&device, &qw);
+        let subgroup = fit.subgroup && !args.transposed;
         // The dense operand: W^T laid out contiguously, as a dense model stores it for X W^T, or
         // W itself for dY W.
         let (inner, outer) = if args.transposed { (n, k) } else { (k, n) };
@@ -355,6 +359,12 @@ fn main() {
             if m <= OTHER_LIMIT {
                 named.push(("other", Box::new(|| product(x, other))));
             }
+            if subgroup {
+                named.push((
+                    "subgroup",
+                    Box::new(|| product(x, MatmulStrategy::FusedSubgroup)),
+                ));
+            }
             if m >= GEMM_MIN {
                 for (name, tile) in [("gemm64", GemmTile::T64), ("gemm128", GemmTile::T128)] {
                     named.push((
@@ -389,12 +399,14 @@ fn main() {
             );
             let deq = deq.expect("dequantize+matmul is always timed");
             let gemm = [gflops("gemm64"), gflops("gemm128")];
+            let sub = gflops("subgroup");
             // The fastest 4-bit path measured, and the one the dispatch takes for this shape.
             let candidates = [
                 (kernel, fused),
                 ("dequant_matmul", Some(deq)),
                 ("gemm64", gemm[0]),
                 ("gemm128", gemm[1]),
+                ("subgroup", sub),
             ];
             let (fastest, best) = candidates
                 .iter()
@@ -408,13 +420,7 @@ fn main() {
             };
             let dispatched = ops::tuned_choice(&device, m, &qw, args.transposed)
                 .unwrap_or_else(|| {
-                    dispatch::resolve(
-                        MatmulStrategy::Auto,
-                        m,
-                        args.transposed,
-                        class,
-                        k.is_multiple_of(8),
-                    )
+                    dispatch::resolve(MatmulStrategy::Auto, m, args.transposed, class, fit)
                 })
                 .to_string();
             let auto = gflops("auto").or_else(|| {
@@ -429,12 +435,13 @@ fn main() {
             let best = Some(best);
             if args.json {
                 println!(
-                    "{{\"op\":\"{op}\",\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"fused_kernel\":\"{kernel}\",\"other_fused_gflops\":{},\"gemm_gflops\":[{},{}],\"chosen\":\"{chosen}\",\"fastest\":\"{fastest}\",\"dispatch\":\"{dispatched}\",\"auto_gflops\":{},\"dequant_gbps\":{},\"floor_us\":[{:.2},{:.2},{:.2}],\"adapter\":\"{adapter}\"}}",
+                    "{{\"op\":\"{op}\",\"m\":{m},\"k\":{k},\"n\":{n},\"fused_gflops\":{},\"dequant_matmul_gflops\":{deq:.4},\"dense_gflops\":{},\"fused_kernel\":\"{kernel}\",\"other_fused_gflops\":{},\"gemm_gflops\":[{},{}],\"subgroup_gflops\":{},\"chosen\":\"{chosen}\",\"fastest\":\"{fastest}\",\"dispatch\":\"{dispatched}\",\"auto_gflops\":{},\"dequant_gbps\":{},\"floor_us\":[{:.2},{:.2},{:.2}],\"adapter\":\"{adapter}\"}}",
                     json(fused),
                     json(dense),
                     json(other_fused),
                     json(gemm[0]),
                     json(gemm[1]),
+                    json(sub),
                     json(auto),
                     json(dequant_gbps),
                     floor[0] * 1e6,
@@ -447,12 +454,13 @@ fn main() {
                     g.map_or("-".to_string(), |g| format!("{:.1}", flops / g * 1e6))
                 };
                 println!(
-                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>13} | {fastest} ({dispatched}{}) (fastest/dense {}, auto/dense {}) | µs {} / {} / {}",
+                    "{m:>5} {k:>5} {n:>6} | {:>9} {deq:>9.2} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>13} | {fastest} ({dispatched}{}) (fastest/dense {}, auto/dense {}) | µs {} / {} / {}",
                     fmt(fused),
                     fmt(dense),
                     fmt(other_fused),
                     fmt(gemm[0]),
                     fmt(gemm[1]),
+                    fmt(sub),
                     fmt(ratio(fused, dense)),
                     fmt(fused.map(|f| f / deq)),
                     if fastest == dispatched { "" } else { " !" },

@@ -164,8 +164,19 @@ impl AdapterSummary {
 /// Every adapter wgpu finds on this machine, over all graphics APIs (enumerated once per
 /// process: creating and dropping Vulkan instances from several threads is not safe).
 pub fn adapters() -> Vec<AdapterSummary> {
+    enumerated().to_vec()
+}
+
+fn enumerated() -> &'static [AdapterSummary] {
     static ADAPTERS: OnceLock<Vec<AdapterSummary>> = OnceLock::new();
-    ADAPTERS.get_or_init(enumerate).clone()
+    ADAPTERS.get_or_init(enumerate)
+}
+
+/// Whether wgpu reports subgroup operations for the adapter named `name`. CubeCL's device
+/// enables every feature its adapter has, but records subgroups only for GPUs, so the 4-bit
+/// kernels ask here before they launch a kernel that needs them on a software adapter.
+pub fn has_subgroups(name: &str) -> bool {
+    enumerated().iter().any(|a| a.name == name && a.subgroups)
 }
 
 /// The adapter wgpu's default device most likely lands on: the first non-CPU adapter, else

@@ -7,13 +7,14 @@ use burn::backend::{
 };
 use burn::cubecl::{
     CubeCount, CubeDim,
+    ir::DeviceProperties,
     prelude::KernelId,
     server::{KernelArguments, MetadataBindingInfo},
 };
 use burn::tensor::{DType, Shape};
 
 use super::backend::QuantBackend;
-use super::dispatch::{self, AdapterClass};
+use super::dispatch::{self, AdapterClass, Fit};
 use super::layout::{MatmulStrategy, QLayout};
 use super::shaders::{self, Shader, StatsKind};
 
@@ -96,6 +97,34 @@ fn launch(shader: Shader, count: (u32, u32, u32), buffers: &[&CubeTensor], param
             .with_buffers(bindings)
             .with_info(MetadataBindingInfo::custom(shaders::pack_params(params))),
     );
+}
+
+/// The subgroup size `qmatmul_4bit_subgroup.wgsl` runs with on the adapter behind `props`:
+/// one size only (a workgroup is one subgroup), one it is specialized for, and subgroups
+/// enabled on the device. Never in the browser, whose WGSL would need `enable subgroups;`.
+#[cfg(not(target_family = "wasm"))]
+fn subgroup_lanes(props: &DeviceProperties) -> Option<u32> {
+    let (min, max) = (props.hardware.plane_size_min, props.hardware.plane_size_max);
+    (min == max
+        && shaders::SUBGROUP_LANES.contains(&min)
+        && crate::device::has_subgroups(&props.identity.name))
+    .then_some(min)
+}
+
+#[cfg(target_family = "wasm")]
+fn subgroup_lanes(_: &DeviceProperties) -> Option<u32> {
+    None
+}
+
+/// What `layout`'s weight allows on the adapter behind `props` (see [`Fit`]).
+pub(super) fn fit(props: &DeviceProperties, layout: &QLayout) -> Fit {
+    // A chunk of the subgroup kernel: 4 elements per lane, whole in a row and in a block.
+    let chunk = subgroup_lanes(props).map(|lanes| 4 * lanes as usize);
+    Fit {
+        whole_words: layout.in_features.is_multiple_of(8),
+        subgroup: chunk
+            .is_some_and(|c| layout.in_features.is_multiple_of(c) && layout.blocksize >= c),
+    }
 }
 
 /// The four weight tensors, contiguous, checked against the layout.
@@ -243,12 +272,13 @@ pub(super) fn linear(
     let mut out_dims = shape.to_vec();
     *out_dims.last_mut().expect("at least one dimension") = outer;
     let out_shape = Shape::from(out_dims);
+    let props = input.client.properties();
     let resolved = dispatch::resolve(
         strategy,
         m,
         transposed,
-        AdapterClass::of(&input.client.properties().identity),
-        k.is_multiple_of(8),
+        AdapterClass::of(&props.identity),
+        fit(props, layout),
     );
     #[cfg(not(target_family = "wasm"))]
     if resolved == MatmulStrategy::Tuned {
@@ -269,6 +299,22 @@ pub(super) fn linear(
         return out;
     }
     let [p, q, s, t] = w.buffers();
+    if resolved == MatmulStrategy::FusedSubgroup {
+        let lanes = subgroup_lanes(props).expect("the subgroup kernel is resolved where it runs");
+        let tm = shaders::subgroup_tm(m);
+        let (gx, gy) = grid_2d(n.div_ceil((lanes * shaders::SUBGROUP_TN) as usize));
+        launch(
+            Shader::QmatmulSubgroup {
+                stats: w.stats,
+                tm,
+                lanes,
+            },
+            (gx, gy, m.div_ceil(tm as usize) as u32),
+            &[p, q, s, t, &input, &out],
+            &[m as u32, n as u32, k as u32, layout.blocksize as u32, gx],
+        );
+        return out;
+    }
     if let MatmulStrategy::FusedGemm(tile) = resolved {
         // A (16 * tile)^2 tile of the output per workgroup, no 2-D split needed: 128k output
         // columns are at most 2048 groups, and the 65535-group limit on y is 4M rows.

@@ -30,6 +30,12 @@
 //!   0.77-0.87x dense f32 (128 rows) to 0.99-1.0x (512-2048). SwiftShader is the opposite case:
 //!   the same limit there halved the browser demo's training speed on the Xeon (0.45 -> 0.21
 //!   steps/s, its products have 100-256 rows), so other software adapters keep the tile kernel.
+//! - On llvmpipe, `Y = X Wᵀ` takes the subgroup kernel at every row count wherever it runs
+//!   ([`Fit::subgroup`]; the two limits above then govern `dX = dY W` and the weights it does not
+//!   fit). llvmpipe loads from a storage buffer one lane at a time, so the tile kernel, whose
+//!   eight lanes all load the same X, paid eight loads for each value of X; the subgroup kernel's
+//!   lanes load different parts of X and share them by register shuffles. On the Xeon above it
+//!   was 1.0-2.4x the tile kernel at 1-16 rows and 14-16 GFLOP/s from 32 rows up, 2-3x dense f32.
 //!
 //! Measured on llvmpipe (2 cores) and an H200: see the tables in README.md ("Kernel benchmark").
 
@@ -42,7 +48,8 @@ pub const FUSED_MAX_ROWS: usize = 32;
 /// Largest number of rows for which the GPU fused transposed kernel serves `dX = dY W`.
 pub const FUSED_T_MAX_ROWS: usize = 32;
 /// Largest number of rows for which the register-tiled kernels serve either product on Mesa's
-/// llvmpipe (other software adapters take them at every row count).
+/// llvmpipe (other software adapters take them at every row count), where the subgroup kernel
+/// does not serve `Y = X Wᵀ`.
 pub const LLVMPIPE_TILE_MAX_ROWS: usize = 64;
 
 /// The kind of adapter the kernels run on.
@@ -81,39 +88,63 @@ impl AdapterClass {
 /// in the browser, where a device timing resolves on the event loop, after the call returns.
 pub const TUNES: bool = cfg!(not(target_family = "wasm"));
 
-/// The concrete strategy for `rows` rows of X on `adapter`, for a weight whose rows hold whole
-/// packed words (`in_features % 8 == 0`) or not. [`MatmulStrategy::Tuned`] means the caller
-/// times the candidates ([`tune_candidates`]).
+/// What a weight's shape and the adapter allow besides the group kernel and dequantize+matmul,
+/// which serve every product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fit {
+    /// Rows of W hold whole packed words (`K % 8 == 0`): the tile kernels and the GEMM run.
+    pub whole_words: bool,
+    /// The subgroup kernel runs: the adapter has subgroups of 4, 8 or 16 lanes, and rows of W
+    /// hold whole chunks of 4 lanes elements inside one absmax block (native builds only).
+    pub subgroup: bool,
+}
+
+impl Fit {
+    /// Whole packed words, no subgroup kernel.
+    pub const WORDS: Fit = Fit {
+        whole_words: true,
+        subgroup: false,
+    };
+    /// Rows of W that end inside a packed word.
+    pub const RAGGED: Fit = Fit {
+        whole_words: false,
+        subgroup: false,
+    };
+    /// Everything: whole words and the subgroup kernel.
+    pub const SUBGROUP: Fit = Fit {
+        whole_words: true,
+        subgroup: true,
+    };
+}
+
+/// The concrete strategy for `rows` rows of X on `adapter`, for a weight that allows `fit`.
+/// [`MatmulStrategy::Tuned`] means the caller times the candidates ([`tune_candidates`]).
 pub fn resolve(
     strategy: MatmulStrategy,
     rows: usize,
     transposed: bool,
     adapter: AdapterClass,
-    whole_words: bool,
+    fit: Fit,
 ) -> MatmulStrategy {
-    let tile = adapter.is_software() && whole_words;
+    let tile = adapter.is_software() && fit.whole_words;
     match strategy {
         MatmulStrategy::Auto if TUNES && adapter == AdapterClass::Gpu => MatmulStrategy::Tuned,
         MatmulStrategy::Tuned if TUNES => MatmulStrategy::Tuned,
-        MatmulStrategy::Auto | MatmulStrategy::Tuned => {
-            rule(rows, transposed, adapter, whole_words)
-        }
+        MatmulStrategy::Auto | MatmulStrategy::Tuned => rule(rows, transposed, adapter, fit),
         MatmulStrategy::Fused if tile => MatmulStrategy::FusedTile,
         MatmulStrategy::Fused => MatmulStrategy::FusedGroup,
-        MatmulStrategy::FusedTile if !whole_words => MatmulStrategy::FusedGroup,
-        MatmulStrategy::FusedGemm(_) if !whole_words => MatmulStrategy::DequantMatmul,
+        MatmulStrategy::FusedSubgroup if transposed || !fit.subgroup => {
+            resolve(MatmulStrategy::Fused, rows, transposed, adapter, fit)
+        }
+        MatmulStrategy::FusedTile if !fit.whole_words => MatmulStrategy::FusedGroup,
+        MatmulStrategy::FusedGemm(_) if !fit.whole_words => MatmulStrategy::DequantMatmul,
         chosen => chosen,
     }
 }
 
 /// The measured rule for `rows` rows of X on `adapter` where nothing is timed (software
 /// adapters, the browser): see the module's documentation.
-pub fn rule(
-    rows: usize,
-    transposed: bool,
-    adapter: AdapterClass,
-    whole_words: bool,
-) -> MatmulStrategy {
+pub fn rule(rows: usize, transposed: bool, adapter: AdapterClass, fit: Fit) -> MatmulStrategy {
     let limit = if transposed {
         FUSED_T_MAX_ROWS
     } else {
@@ -124,7 +155,9 @@ pub fn rule(
         AdapterClass::Llvmpipe => LLVMPIPE_TILE_MAX_ROWS,
         AdapterClass::Software => usize::MAX,
     };
-    if adapter.is_software() && whole_words {
+    if adapter == AdapterClass::Llvmpipe && fit.subgroup && !transposed {
+        MatmulStrategy::FusedSubgroup
+    } else if adapter.is_software() && fit.whole_words {
         if rows <= tile_rows {
             MatmulStrategy::FusedTile
         } else {
@@ -137,13 +170,17 @@ pub fn rule(
     }
 }
 
-/// The kernels [`MatmulStrategy::Tuned`] times, in the order it tries them: each one the shape
-/// allows, so a tuning never measures one kernel twice under two names.
-pub fn tune_candidates(whole_words: bool) -> Vec<MatmulStrategy> {
+/// The kernels [`MatmulStrategy::Tuned`] times for a product (`dY W` when `transposed`) of a
+/// weight that allows `fit`, in the order it tries them: each one the shape allows, so a tuning
+/// never measures one kernel twice under two names.
+pub fn tune_candidates(fit: Fit, transposed: bool) -> Vec<MatmulStrategy> {
     let mut all = vec![MatmulStrategy::FusedGroup, MatmulStrategy::DequantMatmul];
-    if whole_words {
+    if fit.whole_words {
         all.push(MatmulStrategy::FusedTile);
         all.extend(GemmTile::ALL.map(MatmulStrategy::FusedGemm));
+    }
+    if fit.subgroup && !transposed {
+        all.push(MatmulStrategy::FusedSubgroup);
     }
     all
 }
@@ -159,6 +196,8 @@ mod tests {
     use super::*;
     use crate::ops::GemmTile;
     use AdapterClass::{Gpu, Llvmpipe, Software};
+    const WORDS: Fit = Fit::WORDS;
+    const RAGGED: Fit = Fit::RAGGED;
     use MatmulStrategy::*;
 
     #[test]
@@ -166,34 +205,34 @@ mod tests {
         for transposed in [false, true] {
             // Natively every GPU shape is timed; a software adapter is timed only on request.
             for rows in [1, 33, 2048] {
-                assert_eq!(resolve(Auto, rows, transposed, Gpu, true), Tuned);
-                assert_eq!(resolve(Auto, rows, transposed, Gpu, false), Tuned);
-                assert_eq!(resolve(Tuned, rows, transposed, Llvmpipe, true), Tuned);
-                assert_ne!(resolve(Auto, rows, transposed, Llvmpipe, true), Tuned);
+                assert_eq!(resolve(Auto, rows, transposed, Gpu, WORDS), Tuned);
+                assert_eq!(resolve(Auto, rows, transposed, Gpu, RAGGED), Tuned);
+                assert_eq!(resolve(Tuned, rows, transposed, Llvmpipe, WORDS), Tuned);
+                assert_ne!(resolve(Auto, rows, transposed, Llvmpipe, WORDS), Tuned);
             }
             // The rule a GPU takes where nothing is timed (the browser).
-            assert_eq!(rule(1, transposed, Gpu, true), FusedGroup);
-            assert_eq!(rule(32, transposed, Gpu, true), FusedGroup);
-            assert_eq!(rule(33, transposed, Gpu, true), DequantMatmul);
-            assert_eq!(resolve(Fused, 2048, transposed, Gpu, true), FusedGroup);
+            assert_eq!(rule(1, transposed, Gpu, WORDS), FusedGroup);
+            assert_eq!(rule(32, transposed, Gpu, WORDS), FusedGroup);
+            assert_eq!(rule(33, transposed, Gpu, WORDS), DequantMatmul);
+            assert_eq!(resolve(Fused, 2048, transposed, Gpu, WORDS), FusedGroup);
         }
     }
 
     #[test]
     fn tuning_measures_each_kernel_the_shape_allows_once() {
-        let whole = tune_candidates(true);
+        let whole = tune_candidates(WORDS, false);
         assert_eq!(whole.len(), 5);
         for (i, s) in whole.iter().enumerate() {
             assert!(!whole[i + 1..].contains(s), "{s} listed twice");
             // Each candidate runs as itself: none is rewritten into another by the shape.
-            assert_eq!(resolve(*s, 300, false, Gpu, true), *s);
+            assert_eq!(resolve(*s, 300, false, Gpu, WORDS), *s);
         }
         // Where rows of W do not hold whole packed words, the tile kernel and the GEMM would
         // run as the group kernel and dequantize+matmul: they are not candidates.
-        let ragged = tune_candidates(false);
+        let ragged = tune_candidates(RAGGED, false);
         assert_eq!(ragged, vec![FusedGroup, DequantMatmul]);
         for s in ragged {
-            assert_eq!(resolve(s, 300, true, Gpu, false), s);
+            assert_eq!(resolve(s, 300, true, Gpu, RAGGED), s);
         }
         assert_eq!(
             [0, 1, 2, 7, 8, 300, 2048].map(tune_rows),
@@ -205,25 +244,53 @@ mod tests {
     fn software_adapters_take_the_tiled_kernel_where_rows_hold_whole_words() {
         for transposed in [false, true] {
             for rows in [1, 8, 33, LLVMPIPE_TILE_MAX_ROWS, 2048] {
-                assert_eq!(resolve(Auto, rows, transposed, Software, true), FusedTile);
-                assert_eq!(resolve(Fused, rows, transposed, Software, true), FusedTile);
-                assert_eq!(resolve(Fused, rows, transposed, Llvmpipe, true), FusedTile);
+                assert_eq!(resolve(Auto, rows, transposed, Software, WORDS), FusedTile);
+                assert_eq!(resolve(Fused, rows, transposed, Software, WORDS), FusedTile);
+                assert_eq!(resolve(Fused, rows, transposed, Llvmpipe, WORDS), FusedTile);
             }
             // llvmpipe only up to its limit.
             for rows in [1, 8, 33, LLVMPIPE_TILE_MAX_ROWS] {
-                assert_eq!(resolve(Auto, rows, transposed, Llvmpipe, true), FusedTile);
+                assert_eq!(resolve(Auto, rows, transposed, Llvmpipe, WORDS), FusedTile);
             }
             for rows in [LLVMPIPE_TILE_MAX_ROWS + 1, 2048] {
                 assert_eq!(
-                    resolve(Auto, rows, transposed, Llvmpipe, true),
+                    resolve(Auto, rows, transposed, Llvmpipe, WORDS),
                     DequantMatmul
                 );
             }
         }
         for adapter in [Software, Llvmpipe] {
-            assert_eq!(resolve(Auto, 8, false, adapter, false), FusedGroup);
-            assert_eq!(resolve(Auto, 300, false, adapter, false), DequantMatmul);
+            assert_eq!(resolve(Auto, 8, false, adapter, RAGGED), FusedGroup);
+            assert_eq!(resolve(Auto, 300, false, adapter, RAGGED), DequantMatmul);
         }
+    }
+
+    #[test]
+    fn llvmpipe_takes_the_subgroup_kernel_for_many_rows_of_x_wt_where_it_runs() {
+        let sub = Fit::SUBGROUP;
+        for rows in [1, 8, 65, 2048] {
+            assert_eq!(resolve(Auto, rows, false, Llvmpipe, sub), FusedSubgroup);
+            // Not for dY W, not where it does not run, not on other adapters.
+            assert_ne!(resolve(Auto, rows, true, Llvmpipe, sub), FusedSubgroup);
+            assert_ne!(resolve(Auto, rows, false, Llvmpipe, WORDS), FusedSubgroup);
+            assert_eq!(resolve(Auto, rows, false, Software, sub), FusedTile);
+            assert_eq!(rule(rows, false, Gpu, sub), rule(rows, false, Gpu, WORDS));
+        }
+        // Asked for where it cannot run, it runs as the adapter's fused kernel.
+        assert_eq!(
+            resolve(FusedSubgroup, 512, false, Llvmpipe, sub),
+            FusedSubgroup
+        );
+        assert_eq!(resolve(FusedSubgroup, 512, true, Llvmpipe, sub), FusedTile);
+        assert_eq!(
+            resolve(FusedSubgroup, 512, false, Llvmpipe, WORDS),
+            FusedTile
+        );
+        assert_eq!(resolve(FusedSubgroup, 512, false, Gpu, RAGGED), FusedGroup);
+        // A tuning times it for X W^T where it runs, never for dY W.
+        assert!(tune_candidates(sub, false).contains(&FusedSubgroup));
+        assert!(!tune_candidates(sub, true).contains(&FusedSubgroup));
+        assert!(!tune_candidates(WORDS, false).contains(&FusedSubgroup));
     }
 
     fn identity(name: &str, card: bool) -> DeviceIdentity {
@@ -248,24 +315,24 @@ mod tests {
 
     #[test]
     fn explicit_choices_stand_unless_the_shape_forbids_them() {
-        assert_eq!(resolve(FusedGroup, 1, false, Software, true), FusedGroup);
-        assert_eq!(resolve(FusedTile, 1, false, Gpu, true), FusedTile);
-        assert_eq!(resolve(FusedTile, 1, false, Gpu, false), FusedGroup);
+        assert_eq!(resolve(FusedGroup, 1, false, Software, WORDS), FusedGroup);
+        assert_eq!(resolve(FusedTile, 1, false, Gpu, WORDS), FusedTile);
+        assert_eq!(resolve(FusedTile, 1, false, Gpu, RAGGED), FusedGroup);
         for tile in GemmTile::ALL {
             assert_eq!(
-                resolve(FusedGemm(tile), 1, true, Gpu, true),
+                resolve(FusedGemm(tile), 1, true, Gpu, WORDS),
                 FusedGemm(tile)
             );
             assert_eq!(
-                resolve(FusedGemm(tile), 512, false, Gpu, false),
+                resolve(FusedGemm(tile), 512, false, Gpu, RAGGED),
                 DequantMatmul
             );
         }
         assert_eq!(
-            resolve(DequantMatmul, 1, true, Software, true),
+            resolve(DequantMatmul, 1, true, Software, WORDS),
             DequantMatmul
         );
         let chunks = DequantChunks { rows: 16 };
-        assert_eq!(resolve(chunks, 1, false, Gpu, true), chunks);
+        assert_eq!(resolve(chunks, 1, false, Gpu, WORDS), chunks);
     }
 }

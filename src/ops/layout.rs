@@ -49,6 +49,12 @@ pub enum MatmulStrategy {
     /// `qmatmul_4bit_t_tile.wgsl`): each invocation holds a register tile and decodes by
     /// selects. Needs K a multiple of 8; [`MatmulStrategy::FusedGroup`] serves other shapes.
     FusedTile,
+    /// The fused kernel for Mesa's llvmpipe at many rows (`qmatmul_4bit_subgroup.wgsl`): the
+    /// lanes of a subgroup load different parts of X and share them by `subgroupBroadcast`.
+    /// `Y = X Wᵀ` only, native only, where the adapter has subgroups of 4, 8 or 16 lanes and the
+    /// weight's rows hold whole chunks of 4 lanes elements inside one absmax block; elsewhere it
+    /// runs as [`MatmulStrategy::Fused`].
+    FusedSubgroup,
     /// The tiled 4-bit GEMM (`qmatmul_4bit_gemm.wgsl`, `qmatmul_4bit_t_gemm.wgsl`): an f32
     /// SGEMM whose tiles of W are dequantized on their way into workgroup memory, for many rows
     /// on a GPU. Needs K a multiple of 8; [`MatmulStrategy::DequantMatmul`] serves other shapes.
@@ -73,6 +79,7 @@ impl std::fmt::Display for MatmulStrategy {
             MatmulStrategy::Fused => f.write_str("fused"),
             MatmulStrategy::FusedGroup => f.write_str("group"),
             MatmulStrategy::FusedTile => f.write_str("tile"),
+            MatmulStrategy::FusedSubgroup => f.write_str("subgroup"),
             MatmulStrategy::FusedGemm(tile) => write!(f, "gemm{}", tile.side()),
             MatmulStrategy::DequantMatmul => f.write_str("dequant_matmul"),
             MatmulStrategy::DequantChunks { rows } => write!(f, "dequant_matmul_{rows}"),

@@ -42,6 +42,20 @@ pub fn tuned_choice(
     None
 }
 
+/// What `w`'s shape allows on `device` besides the group kernel and dequantize+matmul (see
+/// [`dispatch::Fit`]): on a device without the kernel path, what its shape allows anywhere.
+pub fn fit(device: &burn::tensor::Device, w: &QWeight) -> dispatch::Fit {
+    if let burn::backend::DispatchDevice::Cube(cube @ burn::cubecl::Device::Wgpu(_)) =
+        device.clone().inner().as_dispatch()
+    {
+        return cube::fit(cube.client().properties(), &w.layout);
+    }
+    dispatch::Fit {
+        whole_words: w.layout.in_features.is_multiple_of(8),
+        subgroup: false,
+    }
+}
+
 /// The weight's four tensors (packed, absmax_q, scales, tables) in dispatch form.
 fn dispatch_parts(w: &QWeight) -> [DispatchTensor; 4] {
     [

@@ -17,6 +17,7 @@ const QMATMUL_4BIT: &str = include_str!("../../shaders/qmatmul_4bit.wgsl");
 const QMATMUL_4BIT_T: &str = include_str!("../../shaders/qmatmul_4bit_t.wgsl");
 const QMATMUL_4BIT_TILE: &str = include_str!("../../shaders/qmatmul_4bit_tile.wgsl");
 const QMATMUL_4BIT_T_TILE: &str = include_str!("../../shaders/qmatmul_4bit_t_tile.wgsl");
+const QMATMUL_4BIT_SUBGROUP: &str = include_str!("../../shaders/qmatmul_4bit_subgroup.wgsl");
 const GEMM_TILE: &str = include_str!("../../shaders/gemm_tile.wgsl");
 const QMATMUL_4BIT_GEMM: &str = include_str!("../../shaders/qmatmul_4bit_gemm.wgsl");
 const QMATMUL_4BIT_T_GEMM: &str = include_str!("../../shaders/qmatmul_4bit_t_gemm.wgsl");
@@ -44,6 +45,26 @@ pub const TILE_WG: u32 = 8;
 pub const TILE_TN: u32 = 8;
 /// Packed words of W (eight columns of dX each) per invocation of `qmatmul_4bit_t_tile.wgsl`.
 pub const TILE_TW: u32 = 2;
+
+/// Subgroup sizes `qmatmul_4bit_subgroup.wgsl` is specialized for (llvmpipe's is 8 with 256-bit
+/// vectors, 16 with 512-bit ones; SwiftShader's is 4).
+pub const SUBGROUP_LANES: [u32; 3] = [4, 8, 16];
+/// Columns of Y per invocation of `qmatmul_4bit_subgroup.wgsl`: each vec4 of X a lane loads
+/// serves this many columns. 4 measured 1.2x 2 at 32 rows (576x1536, 512 rows, llvmpipe).
+pub const SUBGROUP_TN: u32 = 4;
+/// Rows of X per invocation of `qmatmul_4bit_subgroup.wgsl`, the row tiles it is specialized for.
+pub const SUBGROUP_TILES: [u32; 4] = [1, 8, 16, 32];
+
+/// The subgroup kernel's row tile for `rows` rows of X: 8 up to 8 rows, else 32 (each decoded
+/// weight serves 32 rows; 16 and 24 measured 0.85-0.95x of 32 at 512 rows, 64 no faster).
+pub fn subgroup_tm(rows: usize) -> u32 {
+    match rows {
+        0..=1 => 1,
+        2..=8 => 8,
+        9..=16 => 16,
+        _ => 32,
+    }
+}
 
 /// Most launch parameters a shader takes (`array<vec4<u32>, 2>`).
 pub const MAX_PARAMS: usize = 8;
@@ -93,6 +114,13 @@ pub enum Shader {
     QmatmulTile { stats: StatsKind, tm: u32 },
     /// `qmatmul_4bit_t_tile.wgsl`, `tm` rows of dY per invocation (needs `K % 8 == 0`).
     QmatmulTTile { stats: StatsKind, tm: u32 },
+    /// `qmatmul_4bit_subgroup.wgsl`, `tm` rows of X per invocation, subgroups of `lanes` lanes
+    /// (needs `K % (4 lanes) == 0` and a blocksize >= `4 lanes`; native only).
+    QmatmulSubgroup {
+        stats: StatsKind,
+        tm: u32,
+        lanes: u32,
+    },
     /// `qmatmul_4bit_gemm.wgsl` with a `tile` x `tile` register tile per invocation (needs
     /// `K % 8 == 0`).
     QmatmulGemm { stats: StatsKind, tile: u32 },
@@ -112,6 +140,7 @@ impl Shader {
             Shader::Qmatmul { .. } => (32, 8, 1),
             Shader::QmatmulT { .. } => (64, 4, 1),
             Shader::QmatmulTile { .. } | Shader::QmatmulTTile { .. } => (TILE_WG, 1, 1),
+            Shader::QmatmulSubgroup { lanes, .. } => (*lanes, 1, 1),
             Shader::QmatmulGemm { .. } | Shader::QmatmulTGemm { .. } => (16, 16, 1),
             Shader::Lora { .. } => (16, 16, 1),
         }
@@ -188,6 +217,22 @@ impl Shader {
                 );
                 with_common(stats, &body)
             }
+            Shader::QmatmulSubgroup { stats, tm, lanes } => {
+                let body = render(
+                    QMATMUL_4BIT_SUBGROUP,
+                    &[
+                        ("tm", tm.to_string()),
+                        ("tn", SUBGROUP_TN.to_string()),
+                        ("lanes", lanes.to_string()),
+                        ("acc_len", (tm * SUBGROUP_TN).to_string()),
+                        ("wd_len", (lanes * SUBGROUP_TN).to_string()),
+                        ("decode", subgroup_decode(lanes)),
+                        ("rows", subgroup_rows(tm, lanes)),
+                        ("store", subgroup_store(tm)),
+                    ],
+                );
+                with_common(stats, &body)
+            }
             Shader::QmatmulGemm { stats, tile } | Shader::QmatmulTGemm { stats, tile } => {
                 let template = match self {
                     Shader::QmatmulGemm { .. } => QMATMUL_4BIT_GEMM,
@@ -235,6 +280,11 @@ impl Shader {
                 all.push(Shader::QmatmulTile { stats, tm });
                 all.push(Shader::QmatmulTTile { stats, tm });
             }
+            for tm in SUBGROUP_TILES {
+                for lanes in SUBGROUP_LANES {
+                    all.push(Shader::QmatmulSubgroup { stats, tm, lanes });
+                }
+            }
             for tile in GemmTile::ALL.map(GemmTile::per_invocation) {
                 all.push(Shader::QmatmulGemm { stats, tile });
                 all.push(Shader::QmatmulTGemm { stats, tile });
@@ -255,6 +305,78 @@ pub const LORA_TILES: [u32; 2] = [1, 4];
 /// The LoRA micro-tile for one output dimension: 1 for skinny (<= 16), else 4.
 pub fn lora_tile(dim: usize) -> u32 {
     if dim <= 16 { 1 } else { 4 }
+}
+
+impl Shader {
+    /// Whether the shader calls subgroup builtins: it compiles only where the device enables
+    /// subgroups, which WebGPU in a browser does only behind `enable subgroups;` (not written,
+    /// since naga refuses the directive): native only.
+    pub fn needs_subgroups(&self) -> bool {
+        matches!(self, Shader::QmatmulSubgroup { .. })
+    }
+}
+
+/// `qmatmul_4bit_subgroup.wgsl`'s `{{ decode }}`: each column's words of the chunk, decoded.
+fn subgroup_decode(lanes: u32) -> String {
+    let mut out = String::new();
+    for c in 0..SUBGROUP_TN {
+        let first = lanes * c;
+        out += &format!(
+            "        {{\n            let w = min(n0 + {first}u, n_total - 1u) * words + j;\n            \
+             let s = block_absmax((w * 8u) / blocksize);\n"
+        );
+        for q in 0..lanes / 2 {
+            let i = first + 2 * q;
+            out += &format!(
+                "            let p{q} = packed[w + {q}u];\n            \
+                 wd[{i}] = decode4(p{q}, NIBBLES_LO, code) * s;\n            \
+                 wd[{}] = decode4(p{q}, NIBBLES_HI, code) * s;\n",
+                i + 1
+            );
+        }
+        out += "        }\n";
+    }
+    out
+}
+
+/// `qmatmul_4bit_subgroup.wgsl`'s `{{ rows }}`: each row's vec4 of X, shared and accumulated.
+fn subgroup_rows(tm: u32, lanes: u32) -> String {
+    let mut out = String::new();
+    for r in 0..tm {
+        out += &format!(
+            "        {{\n            let xv = x[min(m0 + {r}u, m_total - 1u) * k4 + 2u * j + lane];\n"
+        );
+        for i in 0..lanes {
+            out += &format!("            let x{i} = subgroupBroadcast(xv, {i}u);\n");
+        }
+        for c in 0..SUBGROUP_TN {
+            let terms: Vec<String> = (0..lanes)
+                .map(|i| format!("dot(x{i}, wd[{}])", lanes * c + i))
+                .collect();
+            out += &format!(
+                "            acc[{}] += {};\n",
+                r * SUBGROUP_TN + c,
+                terms.join(" + ")
+            );
+        }
+        out += "        }\n";
+    }
+    out
+}
+
+/// `qmatmul_4bit_subgroup.wgsl`'s `{{ store }}`: the sums of the rows and columns that exist.
+fn subgroup_store(tm: u32) -> String {
+    let mut out = String::new();
+    for r in 0..tm {
+        for c in 0..SUBGROUP_TN {
+            out += &format!(
+                "    if m0 + {r}u < m_total && n0 + S * {c}u < n_total {{\n        \
+                 y[(m0 + {r}u) * n_total + n0 + S * {c}u] = acc[{}];\n    }}\n",
+                r * SUBGROUP_TN + c
+            );
+        }
+    }
+    out
 }
 
 fn with_common(stats: StatsKind, body: &str) -> String {

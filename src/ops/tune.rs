@@ -24,8 +24,8 @@ use burn::cubecl::client::Client;
 use burn::cubecl::tune::{LocalTuner, Tunable, TunableSet, local_tuner};
 use burn::cubecl::{CubeTuneId, Device};
 
-use super::cube::{Weight, linear};
-use super::dispatch::{self, AdapterClass};
+use super::cube::{Weight, fit, linear};
+use super::dispatch::{self, AdapterClass, Fit};
 use super::layout::{MatmulStrategy, QLayout};
 
 /// A shape class: products in one class share the tuned kernel.
@@ -86,15 +86,16 @@ static TUNER: LocalTuner<TuneKey, CubeTuneId> = local_tuner!();
 /// instead of running as another one.
 fn tunables() -> TunableSet<TuneKey, Inputs, CubeTensor, MatmulStrategy> {
     let mut set = TunableSet::new(key, |_: &TuneKey, inputs: &Inputs| inputs.clone());
-    for strategy in dispatch::tune_candidates(true) {
+    for strategy in dispatch::tune_candidates(Fit::SUBGROUP, false) {
         set = set.with(Tunable::identified(
             strategy,
             move |(x, w, layout, transposed): Inputs| {
-                let whole_words = layout.in_features.is_multiple_of(8);
-                if !dispatch::tune_candidates(whole_words).contains(&strategy) {
+                let fit = fit(x.client.properties(), &layout);
+                if !dispatch::tune_candidates(fit, transposed).contains(&strategy) {
                     return Err(format!(
-                        "{strategy} needs rows of W in whole packed words, K = {}",
-                        layout.in_features
+                        "{strategy} does not run on this product (dY W: {transposed}) of a {}x{} \
+                         weight in blocks of {}",
+                        layout.out_features, layout.in_features, layout.blocksize
                     ));
                 }
                 Ok(linear(x, w, &layout, strategy, transposed))
@@ -122,11 +123,12 @@ fn verdict(id: &CubeTuneId, key: &TuneKey) -> Option<Verdict> {
 
 /// The measured rule's kernel for `rows` rows of `layout`'s product on `client`'s adapter.
 fn rule(client: &Client, rows: usize, layout: &QLayout, transposed: bool) -> MatmulStrategy {
+    let props = client.properties();
     dispatch::rule(
         rows,
         transposed,
-        AdapterClass::of(&client.properties().identity),
-        layout.in_features.is_multiple_of(8),
+        AdapterClass::of(&props.identity),
+        fit(props, layout),
     )
 }
 

@@ -16,18 +16,22 @@ use wgtune::quant::{QuantConfig, QuantFormat, QuantizedTensor};
 const FWD_TOL: f32 = 1e-4;
 const GRAD_TOL: f32 = 1e-3;
 
-/// (N, K, blocksize): K and N off every tile and block multiple, odd element counts included.
-const SHAPES: [(usize, usize, usize); 3] = [(33, 70, 64), (70, 200, 128), (7, 1000, 64)];
+/// (N, K, blocksize): K and N off every tile and block multiple, odd element counts included;
+/// K = 192 is the one whose rows hold whole chunks of the subgroup kernel (4, 8 or 16 lanes).
+const SHAPES: [(usize, usize, usize); 4] =
+    [(33, 70, 64), (70, 200, 128), (7, 1000, 64), (37, 192, 64)];
 
 /// Every kernel path, each forced whatever the adapter (the tiled kernel and the GEMM need
-/// K % 8 == 0: at K = 70 they hand over to the group kernel and to dequantize+matmul), and the
-/// timed choice among them.
-const STRATEGIES: [MatmulStrategy; 9] = [
+/// K % 8 == 0: at K = 70 they hand over to the group kernel and to dequantize+matmul; the
+/// subgroup kernel runs `X Wᵀ` at K = 192 where the adapter has subgroups, and is the adapter's
+/// fused kernel elsewhere), and the timed choice among them.
+const STRATEGIES: [MatmulStrategy; 10] = [
     MatmulStrategy::Auto,
     MatmulStrategy::Tuned,
     MatmulStrategy::Fused,
     MatmulStrategy::FusedGroup,
     MatmulStrategy::FusedTile,
+    MatmulStrategy::FusedSubgroup,
     MatmulStrategy::FusedGemm(GemmTile::T64),
     MatmulStrategy::FusedGemm(GemmTile::T128),
     MatmulStrategy::DequantMatmul,
@@ -123,8 +127,8 @@ fn tuned_strategy_runs_the_kernel_it_timed_fastest() {
     for (n, k) in [(40usize, 136usize), (40, 100)] {
         let q = quantized(n, k, QuantConfig::default(), 20);
         let wg = QWeight::upload(&q, &device);
-        let allowed = dispatch::tune_candidates(k.is_multiple_of(8));
         for transposed in [false, true] {
+            let allowed = dispatch::tune_candidates(ops::fit(&device, &wg), transposed);
             let inner = if transposed { n } else { k };
             let run = |m: usize, strategy| {
                 let x = tensor(rand_vec(m * inner, 21 + m as u64), [m, inner], &device);
@@ -169,10 +173,13 @@ fn tuned_strategy_runs_the_kernel_it_timed_fastest() {
 #[test]
 fn qmatmul_keeps_batch_and_sequence_dimensions() {
     let cfg = QuantConfig::default();
-    let (n, k) = (70, 200);
-    let q = quantized(n, k, cfg, 4);
-    let (wg, wc) = (QWeight::upload(&q, &wgpu()), QWeight::upload(&q, &cpu()));
-    for (batch, seq) in [(2usize, 3usize), (3, 100)] {
+    for ((n, k), (batch, seq)) in [
+        ((70, 200), (2usize, 3usize)),
+        ((70, 200), (3, 100)),
+        ((37, 192), (3, 100)),
+    ] {
+        let q = quantized(n, k, cfg, 4);
+        let (wg, wc) = (QWeight::upload(&q, &wgpu()), QWeight::upload(&q, &cpu()));
         let x = rand_vec(batch * seq * k, 5);
         let expect = ops::qmatmul(tensor(x.clone(), [batch, seq, k], &cpu()), &wc);
         for strategy in STRATEGIES {
@@ -387,4 +394,23 @@ fn kernels_run_on_the_adapter_asked_for() {
             "WGTUNE_TEST_ADAPTER={want}, but wgpu opened {name}"
         );
     }
+}
+
+/// On llvmpipe the subgroup kernel runs (Mesa's lavapipe has had subgroups since 20.x), so the
+/// tests above that force it at K = 192 run it there, not its fallback.
+#[test]
+fn the_subgroup_kernel_runs_on_llvmpipe() {
+    let device = wgpu();
+    let name = device.identity().expect("an adapter").name.to_string();
+    let q = quantized(37, 192, QuantConfig::default(), 30);
+    let fit = ops::fit(&device, &QWeight::upload(&q, &device));
+    eprintln!("{name}: {fit:?}");
+    if name.to_lowercase().contains("llvmpipe") {
+        assert!(
+            fit.subgroup,
+            "{name} should run the subgroup kernel: {fit:?}"
+        );
+    }
+    // On the reference path nothing needs subgroups.
+    assert!(!ops::fit(&cpu(), &QWeight::upload(&q, &cpu())).subgroup);
 }
