@@ -294,9 +294,9 @@ fn main() {
         let w = random(n * k, (k * n) as u64);
         let q = QuantizedTensor::quantize(&w, &[n, k], QuantConfig::default()).expect("quantize");
         let qw = QWeight::upload(&q, &device);
-        // Whether the subgroup kernel runs here (llvmpipe, for X W^T).
+        // Whether the subgroup kernel runs this product here.
         let fit = ops::fit(&device, &qw);
-        let subgroup = fit.subgroup && !args.transposed;
+        let subgroup = fit.subgroup_for(args.transposed);
         // The dense operand: W^T laid out contiguously, as a dense model stores it for X W^T, or
         // W itself for dY W.
         let (inner, outer) = if args.transposed { (n, k) } else { (k, n) };

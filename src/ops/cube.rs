@@ -118,12 +118,15 @@ fn subgroup_lanes(_: &DeviceProperties) -> Option<u32> {
 
 /// What `layout`'s weight allows on the adapter behind `props` (see [`Fit`]).
 pub(super) fn fit(props: &DeviceProperties, layout: &QLayout) -> Fit {
-    // A chunk of the subgroup kernel: 4 elements per lane, whole in a row and in a block.
+    // A chunk of the subgroup kernels: 4 values per lane. X Wᵀ takes chunks of a row of W,
+    // whole in the row and in a block; dY W takes chunks of a row of dY (N long).
     let chunk = subgroup_lanes(props).map(|lanes| 4 * lanes as usize);
+    let whole_words = layout.in_features.is_multiple_of(8);
     Fit {
-        whole_words: layout.in_features.is_multiple_of(8),
+        whole_words,
         subgroup: chunk
             .is_some_and(|c| layout.in_features.is_multiple_of(c) && layout.blocksize >= c),
+        subgroup_t: chunk.is_some_and(|c| whole_words && layout.out_features.is_multiple_of(c)),
     }
 }
 
@@ -301,14 +304,18 @@ pub(super) fn linear(
     let [p, q, s, t] = w.buffers();
     if resolved == MatmulStrategy::FusedSubgroup {
         let lanes = subgroup_lanes(props).expect("the subgroup kernel is resolved where it runs");
-        let tm = shaders::subgroup_tm(m);
-        let (gx, gy) = grid_2d(n.div_ceil((lanes * shaders::SUBGROUP_TN) as usize));
+        let (stats, tm) = (w.stats, shaders::subgroup_tm(m));
+        // Output columns per workgroup: TN per lane of Y, or TW words of 8 per lane of dX.
+        let (shader, columns) = if transposed {
+            let shader = Shader::QmatmulTSubgroup { stats, tm, lanes };
+            (shader, lanes * shaders::SUBGROUP_TW * 8)
+        } else {
+            let shader = Shader::QmatmulSubgroup { stats, tm, lanes };
+            (shader, lanes * shaders::SUBGROUP_TN)
+        };
+        let (gx, gy) = grid_2d(outer.div_ceil(columns as usize));
         launch(
-            Shader::QmatmulSubgroup {
-                stats: w.stats,
-                tm,
-                lanes,
-            },
+            shader,
             (gx, gy, m.div_ceil(tm as usize) as u32),
             &[p, q, s, t, &input, &out],
             &[m as u32, n as u32, k as u32, layout.blocksize as u32, gx],

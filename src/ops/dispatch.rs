@@ -30,12 +30,13 @@
 //!   0.77-0.87x dense f32 (128 rows) to 0.99-1.0x (512-2048). SwiftShader is the opposite case:
 //!   the same limit there halved the browser demo's training speed on the Xeon (0.45 -> 0.21
 //!   steps/s, its products have 100-256 rows), so other software adapters keep the tile kernel.
-//! - On llvmpipe, `Y = X Wᵀ` takes the subgroup kernel at every row count wherever it runs
-//!   ([`Fit::subgroup`]; the two limits above then govern `dX = dY W` and the weights it does not
-//!   fit). llvmpipe loads from a storage buffer one lane at a time, so the tile kernel, whose
-//!   eight lanes all load the same X, paid eight loads for each value of X; the subgroup kernel's
-//!   lanes load different parts of X and share them by register shuffles. On the Xeon above it
-//!   was 1.0-2.4x the tile kernel at 1-16 rows and 14-16 GFLOP/s from 32 rows up, 2-3x dense f32.
+//! - On llvmpipe the subgroup kernels serve wherever they run ([`Fit`]): `Y = X Wᵀ` at every
+//!   row count, `dX = dY W` from [`LLVMPIPE_SUBGROUP_T_MIN_ROWS`] rows (the two limits above then
+//!   govern the shapes they do not fit). llvmpipe loads from a storage buffer one lane at a time,
+//!   so the tile kernels, whose eight lanes all load the same X, paid eight loads for each value
+//!   of X; the subgroup kernels' lanes load different parts of X and share them by register
+//!   shuffles. On the Xeon above, `X Wᵀ` ran 1.0-2.4x the tile kernel at 1-16 rows and 13-16
+//!   GFLOP/s from 32 rows up, 2-3x dense f32; `dY W` 1.5x dense f32 at 64-512 rows.
 //!
 //! Measured on llvmpipe (2 cores) and an H200: see the tables in README.md ("Kernel benchmark").
 
@@ -51,6 +52,9 @@ pub const FUSED_T_MAX_ROWS: usize = 32;
 /// llvmpipe (other software adapters take them at every row count), where the subgroup kernel
 /// does not serve `Y = X Wᵀ`.
 pub const LLVMPIPE_TILE_MAX_ROWS: usize = 64;
+/// Fewest rows for which the subgroup kernel serves `dX = dY W` on llvmpipe, where it runs
+/// (below, the tile kernel was level at 8 rows and 1.5x faster at one).
+pub const LLVMPIPE_SUBGROUP_T_MIN_ROWS: usize = 9;
 
 /// The kind of adapter the kernels run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,9 +98,12 @@ pub const TUNES: bool = cfg!(not(target_family = "wasm"));
 pub struct Fit {
     /// Rows of W hold whole packed words (`K % 8 == 0`): the tile kernels and the GEMM run.
     pub whole_words: bool,
-    /// The subgroup kernel runs: the adapter has subgroups of 4, 8 or 16 lanes, and rows of W
-    /// hold whole chunks of 4 lanes elements inside one absmax block (native builds only).
+    /// The subgroup kernel runs `Y = X Wᵀ`: the adapter has subgroups of 4, 8 or 16 lanes, and
+    /// rows of W hold whole chunks of 4 lanes elements inside one absmax block (native only).
     pub subgroup: bool,
+    /// The subgroup kernel runs `dX = dY W`: such subgroups, whole packed words, and rows of dY
+    /// in whole chunks of 4 lanes values (native only).
+    pub subgroup_t: bool,
 }
 
 impl Fit {
@@ -104,17 +111,29 @@ impl Fit {
     pub const WORDS: Fit = Fit {
         whole_words: true,
         subgroup: false,
+        subgroup_t: false,
     };
     /// Rows of W that end inside a packed word.
     pub const RAGGED: Fit = Fit {
         whole_words: false,
         subgroup: false,
+        subgroup_t: false,
     };
     /// Everything: whole words and the subgroup kernel.
     pub const SUBGROUP: Fit = Fit {
         whole_words: true,
         subgroup: true,
+        subgroup_t: true,
     };
+
+    /// Whether the subgroup kernel runs the product (`dY W` when `transposed`).
+    pub fn subgroup_for(self, transposed: bool) -> bool {
+        if transposed {
+            self.subgroup_t
+        } else {
+            self.subgroup
+        }
+    }
 }
 
 /// The concrete strategy for `rows` rows of X on `adapter`, for a weight that allows `fit`.
@@ -133,7 +152,7 @@ pub fn resolve(
         MatmulStrategy::Auto | MatmulStrategy::Tuned => rule(rows, transposed, adapter, fit),
         MatmulStrategy::Fused if tile => MatmulStrategy::FusedTile,
         MatmulStrategy::Fused => MatmulStrategy::FusedGroup,
-        MatmulStrategy::FusedSubgroup if transposed || !fit.subgroup => {
+        MatmulStrategy::FusedSubgroup if !fit.subgroup_for(transposed) => {
             resolve(MatmulStrategy::Fused, rows, transposed, adapter, fit)
         }
         MatmulStrategy::FusedTile if !fit.whole_words => MatmulStrategy::FusedGroup,
@@ -155,7 +174,12 @@ pub fn rule(rows: usize, transposed: bool, adapter: AdapterClass, fit: Fit) -> M
         AdapterClass::Llvmpipe => LLVMPIPE_TILE_MAX_ROWS,
         AdapterClass::Software => usize::MAX,
     };
-    if adapter == AdapterClass::Llvmpipe && fit.subgroup && !transposed {
+    let subgroup_rows = if transposed {
+        LLVMPIPE_SUBGROUP_T_MIN_ROWS
+    } else {
+        1
+    };
+    if adapter == AdapterClass::Llvmpipe && fit.subgroup_for(transposed) && rows >= subgroup_rows {
         MatmulStrategy::FusedSubgroup
     } else if adapter.is_software() && fit.whole_words {
         if rows <= tile_rows {
@@ -179,7 +203,7 @@ pub fn tune_candidates(fit: Fit, transposed: bool) -> Vec<MatmulStrategy> {
         all.push(MatmulStrategy::FusedTile);
         all.extend(GemmTile::ALL.map(MatmulStrategy::FusedGemm));
     }
-    if fit.subgroup && !transposed {
+    if fit.subgroup_for(transposed) {
         all.push(MatmulStrategy::FusedSubgroup);
     }
     all
@@ -266,30 +290,67 @@ mod tests {
     }
 
     #[test]
-    fn llvmpipe_takes_the_subgroup_kernel_for_many_rows_of_x_wt_where_it_runs() {
+    fn llvmpipe_takes_the_subgroup_kernels_where_they_run() {
         let sub = Fit::SUBGROUP;
-        for rows in [1, 8, 65, 2048] {
-            assert_eq!(resolve(Auto, rows, false, Llvmpipe, sub), FusedSubgroup);
-            // Not for dY W, not where it does not run, not on other adapters.
-            assert_ne!(resolve(Auto, rows, true, Llvmpipe, sub), FusedSubgroup);
-            assert_ne!(resolve(Auto, rows, false, Llvmpipe, WORDS), FusedSubgroup);
-            assert_eq!(resolve(Auto, rows, false, Software, sub), FusedTile);
-            assert_eq!(rule(rows, false, Gpu, sub), rule(rows, false, Gpu, WORDS));
+        let x_wt_only = Fit {
+            subgroup_t: false,
+            ..sub
+        };
+        for rows in [1, 8, 9, 65, 2048] {
+            let min = |transposed| {
+                if transposed {
+                    LLVMPIPE_SUBGROUP_T_MIN_ROWS
+                } else {
+                    1
+                }
+            };
+            for transposed in [false, true].into_iter().filter(|&t| rows >= min(t)) {
+                assert_eq!(
+                    resolve(Auto, rows, transposed, Llvmpipe, sub),
+                    FusedSubgroup
+                );
+                // Not where it does not run, not on other adapters.
+                assert_ne!(
+                    resolve(Auto, rows, transposed, Llvmpipe, WORDS),
+                    FusedSubgroup
+                );
+                assert_eq!(resolve(Auto, rows, transposed, Software, sub), FusedTile);
+                assert_eq!(
+                    rule(rows, transposed, Gpu, sub),
+                    rule(rows, transposed, Gpu, WORDS)
+                );
+            }
+            assert_eq!(
+                resolve(Auto, rows, false, Llvmpipe, x_wt_only),
+                FusedSubgroup
+            );
+            assert_ne!(
+                resolve(Auto, rows, true, Llvmpipe, x_wt_only),
+                FusedSubgroup
+            );
+        }
+        // dY W keeps the tile kernel for few rows.
+        for rows in [1, LLVMPIPE_SUBGROUP_T_MIN_ROWS - 1] {
+            assert_eq!(resolve(Auto, rows, true, Llvmpipe, sub), FusedTile);
         }
         // Asked for where it cannot run, it runs as the adapter's fused kernel.
         assert_eq!(
-            resolve(FusedSubgroup, 512, false, Llvmpipe, sub),
+            resolve(FusedSubgroup, 512, true, Llvmpipe, sub),
             FusedSubgroup
         );
-        assert_eq!(resolve(FusedSubgroup, 512, true, Llvmpipe, sub), FusedTile);
+        assert_eq!(
+            resolve(FusedSubgroup, 512, true, Llvmpipe, x_wt_only),
+            FusedTile
+        );
         assert_eq!(
             resolve(FusedSubgroup, 512, false, Llvmpipe, WORDS),
             FusedTile
         );
         assert_eq!(resolve(FusedSubgroup, 512, false, Gpu, RAGGED), FusedGroup);
-        // A tuning times it for X W^T where it runs, never for dY W.
+        // A tuning times it for each product where it runs.
         assert!(tune_candidates(sub, false).contains(&FusedSubgroup));
-        assert!(!tune_candidates(sub, true).contains(&FusedSubgroup));
+        assert!(tune_candidates(sub, true).contains(&FusedSubgroup));
+        assert!(!tune_candidates(x_wt_only, true).contains(&FusedSubgroup));
         assert!(!tune_candidates(WORDS, false).contains(&FusedSubgroup));
     }
 

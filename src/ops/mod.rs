@@ -53,6 +53,7 @@ pub fn fit(device: &burn::tensor::Device, w: &QWeight) -> dispatch::Fit {
     dispatch::Fit {
         whole_words: w.layout.in_features.is_multiple_of(8),
         subgroup: false,
+        subgroup_t: false,
     }
 }
 

@@ -17,14 +17,20 @@ const FWD_TOL: f32 = 1e-4;
 const GRAD_TOL: f32 = 1e-3;
 
 /// (N, K, blocksize): K and N off every tile and block multiple, odd element counts included;
-/// K = 192 is the one whose rows hold whole chunks of the subgroup kernel (4, 8 or 16 lanes).
-const SHAPES: [(usize, usize, usize); 4] =
-    [(33, 70, 64), (70, 200, 128), (7, 1000, 64), (37, 192, 64)];
+/// the subgroup kernels (4, 8 or 16 lanes) need whole chunks of 64 or less: of K for X Wᵀ at
+/// K = 192, of N for dY W at N = 64 (where K = 200 is off their 16 to 64 columns of dX).
+const SHAPES: [(usize, usize, usize); 5] = [
+    (33, 70, 64),
+    (70, 200, 128),
+    (7, 1000, 64),
+    (37, 192, 64),
+    (64, 200, 128),
+];
 
 /// Every kernel path, each forced whatever the adapter (the tiled kernel and the GEMM need
 /// K % 8 == 0: at K = 70 they hand over to the group kernel and to dequantize+matmul; the
-/// subgroup kernel runs `X Wᵀ` at K = 192 where the adapter has subgroups, and is the adapter's
-/// fused kernel elsewhere), and the timed choice among them.
+/// subgroup kernels run where the adapter has subgroups and the shape whole chunks, and are the
+/// adapter's fused kernel elsewhere), and the timed choice among them.
 const STRATEGIES: [MatmulStrategy; 10] = [
     MatmulStrategy::Auto,
     MatmulStrategy::Tuned,
