@@ -12,8 +12,9 @@
 //! 2048 rows, it measures `Y = X W^T` three ways: the fused WGSL kernel the adapter takes (the
 //! group kernel on a GPU, the register-tiled one on a software adapter; `MatmulStrategy::Fused`),
 //! the WGSL dequantize followed by burn's matmul, and burn's dense f32 matmul on the unquantized
-//! weight; at M <= 8 also the other fused kernel (`other`, for the record), and at M >= 128 the
-//! tiled 4-bit GEMM with both workgroup tiles (`gemm64`, `gemm128`). It prints GFLOP/s, the
+//! weight; at M <= 8 also the other fused kernel (`other`, for the record), at M >= 128 the
+//! tiled 4-bit GEMM with both workgroup tiles (`gemm64`, `gemm128`), and where it runs (llvmpipe)
+//! the subgroup kernel (`subgroup`). It prints GFLOP/s, the
 //! ratios fused/dense and fused/dequant+matmul, which 4-bit path wins and which one
 //! `wgtune::ops::dispatch` takes (a mismatch is marked `!`), with that path's speed against dense
 //! (`auto/dense`, JSON `auto_gflops`), and the bytes of the weight in NF4 vs f32. On a native GPU
