@@ -159,6 +159,16 @@ impl Shader {
         }
     }
 
+    /// Whether the shader calls subgroup builtins: it compiles only where the device enables
+    /// subgroups, which WebGPU in a browser does only behind `enable subgroups;` (not written,
+    /// since naga refuses the directive): native only.
+    pub fn needs_subgroups(&self) -> bool {
+        matches!(
+            self,
+            Shader::QmatmulSubgroup { .. } | Shader::QmatmulTSubgroup { .. }
+        )
+    }
+
     /// The rendered WGSL text of this specialization.
     pub fn source(&self) -> String {
         match *self {
@@ -334,18 +344,6 @@ pub const LORA_TILES: [u32; 2] = [1, 4];
 /// The LoRA micro-tile for one output dimension: 1 for skinny (<= 16), else 4.
 pub fn lora_tile(dim: usize) -> u32 {
     if dim <= 16 { 1 } else { 4 }
-}
-
-impl Shader {
-    /// Whether the shader calls subgroup builtins: it compiles only where the device enables
-    /// subgroups, which WebGPU in a browser does only behind `enable subgroups;` (not written,
-    /// since naga refuses the directive): native only.
-    pub fn needs_subgroups(&self) -> bool {
-        matches!(
-            self,
-            Shader::QmatmulSubgroup { .. } | Shader::QmatmulTSubgroup { .. }
-        )
-    }
 }
 
 /// `qmatmul_4bit_subgroup.wgsl`'s `{{ decode }}`: each column's words of the chunk, decoded.
