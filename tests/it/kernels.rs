@@ -402,21 +402,28 @@ fn kernels_run_on_the_adapter_asked_for() {
     }
 }
 
-/// On llvmpipe the subgroup kernel runs (Mesa's lavapipe has had subgroups since 20.x), so the
-/// tests above that force it at K = 192 run it there, not its fallback.
+/// On llvmpipe the subgroup kernels run (Mesa's lavapipe has had subgroups since 20.x), so the
+/// tests above that force them run them there, not their fallbacks: X Wᵀ at K = 192, dY W at
+/// N = 64.
 #[test]
-fn the_subgroup_kernel_runs_on_llvmpipe() {
+fn the_subgroup_kernels_run_on_llvmpipe() {
     let device = wgpu();
     let name = device.identity().expect("an adapter").name.to_string();
-    let q = quantized(37, 192, QuantConfig::default(), 30);
-    let fit = ops::fit(&device, &QWeight::upload(&q, &device));
-    eprintln!("{name}: {fit:?}");
+    let fit = |n, k| {
+        let q = quantized(n, k, QuantConfig::default(), 30);
+        let on = |d| ops::fit(d, &QWeight::upload(&q, d));
+        (on(&device), on(&cpu()))
+    };
+    let ((x_wt, x_wt_cpu), (dy_w, dy_w_cpu)) = (fit(37, 192), fit(64, 200));
+    eprintln!("{name}: K = 192 {x_wt:?}, N = 64 {dy_w:?}");
     if name.to_lowercase().contains("llvmpipe") {
-        assert!(
-            fit.subgroup,
-            "{name} should run the subgroup kernel: {fit:?}"
-        );
+        assert!(x_wt.subgroup, "{name} should run X Wᵀ's subgroup kernel");
+        assert!(dy_w.subgroup_t, "{name} should run dY W's subgroup kernel");
     }
+    // Each only where its shape holds whole chunks.
+    assert!(!x_wt.subgroup_t && !dy_w.subgroup);
     // On the reference path nothing needs subgroups.
-    assert!(!ops::fit(&cpu(), &QWeight::upload(&q, &cpu())).subgroup);
+    for cpu in [x_wt_cpu, dy_w_cpu] {
+        assert!(!cpu.subgroup && !cpu.subgroup_t);
+    }
 }
