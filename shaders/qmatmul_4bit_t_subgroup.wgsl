@@ -10,9 +10,10 @@
 //
 // Each invocation (lane l) owns TW word columns w = w0 + l + S t (t < TW; 8 columns k each) and
 // TM rows, and walks N one chunk at a time: for each n of the chunk it decodes its words of row
-// n of W (by selects, `decode4`) and adds dY[m0 + r, n] times them to TM x TW x 8 sums. The rows
-// and the chunk's lanes are unrolled by the Rust side (`subgroup_t_load`, `_lanes`, `_store` in
-// shaders.rs): a register array indexed by a loop counter llvmpipe keeps in memory, lane by lane.
+// n of W (by selects, `decode4`) and adds dY[m0 + r, n] times them to TM x TW x 8 sums. The rows,
+// the chunk's lanes and their four values of n are unrolled by the Rust side (`subgroup_t_load`,
+// `_lanes`, `_store` in shaders.rs): llvmpipe keeps a register array indexed by a loop counter in
+// memory, lane by lane, and reading a vec4's component by a loop counter cost 1.5x.
 // Grid: x * y = ceil(K / (8 S TW)) groups (2-D when large), z = ceil(M / TM).
 //
 // Bindings: 0 packed | 1 absmax_q | 2 scales | 3 tables | 4 dy vec4<f32>[M*N/4]
@@ -50,7 +51,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var n0 = 0u; n0 < n_total; n0 += 4u * S) {
         // Row r: lane l loads dY[m0 + r, n0 + 4 l ..][..4].
 {{ load }}
-        // Lane i's vec4 of each row, then its four values of n in turn: g{r} = dY[m0 + r, n].
+        // Lane i's vec4 of each row (g{r}), then its four values of n in turn: for each, the
+        // lane's words of row n of W, decoded, times g{r}.x (.y, .z, .w) = dY[m0 + r, n].
 {{ lanes_code }}
     }
 {{ store }}
