@@ -99,7 +99,7 @@ fn launch(shader: Shader, count: (u32, u32, u32), buffers: &[&CubeTensor], param
     );
 }
 
-/// The subgroup size `qmatmul_4bit_subgroup.wgsl` runs with on the adapter behind `props`:
+/// The subgroup size the subgroup kernels run with on the adapter behind `props`:
 /// one size only (a workgroup is one subgroup), one it is specialized for, and subgroups
 /// enabled on the device. Never in the browser, whose WGSL would need `enable subgroups;`.
 #[cfg(not(target_family = "wasm"))]
@@ -302,26 +302,6 @@ pub(super) fn linear(
         return out;
     }
     let [p, q, s, t] = w.buffers();
-    if resolved == MatmulStrategy::FusedSubgroup {
-        let lanes = subgroup_lanes(props).expect("the subgroup kernel is resolved where it runs");
-        let (stats, tm) = (w.stats, shaders::subgroup_tm(m));
-        // Output columns per workgroup: TN per lane of Y, or TW words of 8 per lane of dX.
-        let (shader, columns) = if transposed {
-            let shader = Shader::QmatmulTSubgroup { stats, tm, lanes };
-            (shader, lanes * shaders::SUBGROUP_TW * 8)
-        } else {
-            let shader = Shader::QmatmulSubgroup { stats, tm, lanes };
-            (shader, lanes * shaders::SUBGROUP_TN)
-        };
-        let (gx, gy) = grid_2d(outer.div_ceil(columns as usize));
-        launch(
-            shader,
-            (gx, gy, m.div_ceil(tm as usize) as u32),
-            &[p, q, s, t, &input, &out],
-            &[m as u32, n as u32, k as u32, layout.blocksize as u32, gx],
-        );
-        return out;
-    }
     if let MatmulStrategy::FusedGemm(tile) = resolved {
         // A (16 * tile)^2 tile of the output per workgroup, no 2-D split needed: 128k output
         // columns are at most 2048 groups, and the 65535-group limit on y is 4M rows.
@@ -346,20 +326,34 @@ pub(super) fn linear(
         );
         return out;
     }
-    let tm = shaders::fused_tm(m);
-    let tile = resolved == MatmulStrategy::FusedTile;
-    // Output columns each workgroup covers.
-    let (shader, columns_per_group) = match (transposed, tile) {
-        (false, false) => (Shader::Qmatmul { stats: w.stats, tm }, 8),
-        (true, false) => (Shader::QmatmulT { stats: w.stats, tm }, 64),
-        (false, true) => (
-            Shader::QmatmulTile { stats: w.stats, tm },
-            shaders::TILE_WG * shaders::TILE_TN,
-        ),
-        (true, true) => (
-            Shader::QmatmulTTile { stats: w.stats, tm },
-            shaders::TILE_WG * shaders::TILE_TW * 8,
-        ),
+    // The row-tiled kernels: `tm` rows of the input per workgroup (the grid's z), and the
+    // output columns each workgroup covers (x * y).
+    let stats = w.stats;
+    let (shader, tm, columns_per_group) = if resolved == MatmulStrategy::FusedSubgroup {
+        let lanes = subgroup_lanes(props).expect("the subgroup kernel is resolved where it runs");
+        let tm = shaders::subgroup_tm(m);
+        if transposed {
+            let shader = Shader::QmatmulTSubgroup { stats, tm, lanes };
+            (shader, tm, lanes * shaders::SUBGROUP_TW * 8)
+        } else {
+            let shader = Shader::QmatmulSubgroup { stats, tm, lanes };
+            (shader, tm, lanes * shaders::SUBGROUP_TN)
+        }
+    } else {
+        let tm = shaders::fused_tm(m);
+        let (shader, columns) = match (transposed, resolved == MatmulStrategy::FusedTile) {
+            (false, false) => (Shader::Qmatmul { stats, tm }, 8),
+            (true, false) => (Shader::QmatmulT { stats, tm }, 64),
+            (false, true) => (
+                Shader::QmatmulTile { stats, tm },
+                shaders::TILE_WG * shaders::TILE_TN,
+            ),
+            (true, true) => (
+                Shader::QmatmulTTile { stats, tm },
+                shaders::TILE_WG * shaders::TILE_TW * 8,
+            ),
+        };
+        (shader, tm, columns)
     };
     let (gx, gy) = grid_2d(outer.div_ceil(columns_per_group as usize));
     launch(

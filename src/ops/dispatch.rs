@@ -56,6 +56,16 @@ pub const LLVMPIPE_TILE_MAX_ROWS: usize = 64;
 /// one row the tile kernel was 1.3x faster; at 2 and 8 rows 0.8x and 0.56x).
 pub const LLVMPIPE_SUBGROUP_T_MIN_ROWS: usize = 2;
 
+/// Fewest rows for which the subgroup kernel serves a product (`dY W` when `transposed`) on
+/// llvmpipe, where it runs: every row count for `X Wᵀ`.
+pub fn llvmpipe_subgroup_min_rows(transposed: bool) -> usize {
+    if transposed {
+        LLVMPIPE_SUBGROUP_T_MIN_ROWS
+    } else {
+        1
+    }
+}
+
 /// The kind of adapter the kernels run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdapterClass {
@@ -174,12 +184,10 @@ pub fn rule(rows: usize, transposed: bool, adapter: AdapterClass, fit: Fit) -> M
         AdapterClass::Llvmpipe => LLVMPIPE_TILE_MAX_ROWS,
         AdapterClass::Software => usize::MAX,
     };
-    let subgroup_rows = if transposed {
-        LLVMPIPE_SUBGROUP_T_MIN_ROWS
-    } else {
-        1
-    };
-    if adapter == AdapterClass::Llvmpipe && fit.subgroup_for(transposed) && rows >= subgroup_rows {
+    if adapter == AdapterClass::Llvmpipe
+        && fit.subgroup_for(transposed)
+        && rows >= llvmpipe_subgroup_min_rows(transposed)
+    {
         MatmulStrategy::FusedSubgroup
     } else if adapter.is_software() && fit.whole_words {
         if rows <= tile_rows {
@@ -297,14 +305,8 @@ mod tests {
             ..sub
         };
         for rows in [1, 2, 8, 65, 2048] {
-            let min = |transposed| {
-                if transposed {
-                    LLVMPIPE_SUBGROUP_T_MIN_ROWS
-                } else {
-                    1
-                }
-            };
-            for transposed in [false, true].into_iter().filter(|&t| rows >= min(t)) {
+            let served = |&t: &bool| rows >= llvmpipe_subgroup_min_rows(t);
+            for transposed in [false, true].into_iter().filter(served) {
                 assert_eq!(
                     resolve(Auto, rows, transposed, Llvmpipe, sub),
                     FusedSubgroup

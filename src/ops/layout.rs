@@ -49,11 +49,11 @@ pub enum MatmulStrategy {
     /// `qmatmul_4bit_t_tile.wgsl`): each invocation holds a register tile and decodes by
     /// selects. Needs K a multiple of 8; [`MatmulStrategy::FusedGroup`] serves other shapes.
     FusedTile,
-    /// The fused kernel for Mesa's llvmpipe at many rows (`qmatmul_4bit_subgroup.wgsl`): the
-    /// lanes of a subgroup load different parts of X and share them by `subgroupBroadcast`.
-    /// `Y = X Wᵀ` only, native only, where the adapter has subgroups of 4, 8 or 16 lanes and the
-    /// weight's rows hold whole chunks of 4 lanes elements inside one absmax block; elsewhere it
-    /// runs as [`MatmulStrategy::Fused`].
+    /// The fused kernels for Mesa's llvmpipe (`qmatmul_4bit_subgroup.wgsl`,
+    /// `qmatmul_4bit_t_subgroup.wgsl`): the lanes of a subgroup load different parts of X (dY)
+    /// and share them by `subgroupBroadcast`. Native only, where the adapter has subgroups of 4,
+    /// 8 or 16 lanes and the shape whole chunks of 4 values per lane (`dispatch::Fit`);
+    /// elsewhere it runs as [`MatmulStrategy::Fused`].
     FusedSubgroup,
     /// The tiled 4-bit GEMM (`qmatmul_4bit_gemm.wgsl`, `qmatmul_4bit_t_gemm.wgsl`): an f32
     /// SGEMM whose tiles of W are dequantized on their way into workgroup memory, for many rows

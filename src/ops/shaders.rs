@@ -47,7 +47,7 @@ pub const TILE_TN: u32 = 8;
 /// Packed words of W (eight columns of dX each) per invocation of `qmatmul_4bit_t_tile.wgsl`.
 pub const TILE_TW: u32 = 2;
 
-/// Subgroup sizes `qmatmul_4bit_subgroup.wgsl` is specialized for (llvmpipe's is 8 with 256-bit
+/// Subgroup sizes the subgroup kernels are specialized for (llvmpipe's is 8 with 256-bit
 /// vectors, 16 with 512-bit ones; SwiftShader's is 4).
 pub const SUBGROUP_LANES: [u32; 3] = [4, 8, 16];
 /// Columns of Y per invocation of `qmatmul_4bit_subgroup.wgsl`: each vec4 of X a lane loads
@@ -59,8 +59,9 @@ pub const SUBGROUP_TW: u32 = 2;
 /// Rows of X (dY) per invocation of the subgroup kernels, the row tiles they are specialized for.
 pub const SUBGROUP_TILES: [u32; 4] = [1, 8, 16, 32];
 
-/// The subgroup kernel's row tile for `rows` rows of X: 8 up to 8 rows, else 32 (each decoded
-/// weight serves 32 rows; 16 and 24 measured 0.85-0.95x of 32 at 512 rows, 64 no faster).
+/// The subgroup kernels' row tile for `rows` rows of X (dY): the smallest of 1, 8, 16 and 32
+/// that holds them, 32 beyond (each decoded weight serves 32 rows; 16 and 24 measured
+/// 0.85-0.95x of 32 at 512 rows, 64 no faster).
 pub fn subgroup_tm(rows: usize) -> u32 {
     match rows {
         0..=1 => 1,

@@ -1,6 +1,6 @@
 //! Every shader specialization the code launches parses and validates with naga, and respects
 //! WebGPU's default limits (256 invocations, 16 KiB workgroup memory) so it runs in browsers;
-//! none but the native subgroup kernel needs subgroups.
+//! none but the native subgroup kernels needs subgroups.
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use wgtune::ops::shaders::Shader;
@@ -17,7 +17,7 @@ fn every_specialization_validates_within_webgpu_limits() {
         let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
             panic!("{shader:?} does not parse:\n{}", e.emit_to_string(&source))
         });
-        // Only the native subgroup kernel may use subgroups; every other shader runs in browsers.
+        // Only the native subgroup kernels may use subgroups; every other shader runs in browsers.
         let caps = if shader.needs_subgroups() {
             Capabilities::SUBGROUP
         } else {
