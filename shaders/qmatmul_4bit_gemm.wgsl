@@ -50,6 +50,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 for (var i = 0u; i < 4u; i++) {
                     v[i] = x[(min(m0 + 4u * g + i, m_total - 1u) * k_total + k0) / 4u + q];
                 }
+            } else {
+                // Zeroed by a store, not left to the declaration: in Chromium's WebGPU (Tint's
+                // translation, on SwiftShader) this var kept the previous slice's values.
+                v = array<vec4<f32>, 4>();
             }
             for (var c = 0u; c < 4u; c++) {
                 xs[(4u * q + c) * (BM / 4u) + g] = vec4(v[0][c], v[1][c], v[2][c], v[3][c]);
@@ -67,6 +71,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                     let w = (min(n0 + 4u * g + i, n_total - 1u) * k_total + k0) / 8u + q;
                     d[i] = decode4(packed[w], shifts, code) * block_absmax((w * 8u) / blocksize);
                 }
+            } else {
+                d = array<vec4<f32>, 4>(); // as v above
             }
             let s0 = 8u * q + 4u * (e & 1u);
             for (var c = 0u; c < 4u; c++) {
