@@ -14,7 +14,7 @@ use burn::cubecl::{
 use burn::tensor::{DType, Shape};
 
 use super::backend::QuantBackend;
-use super::dispatch::{self, AdapterClass, Fit};
+use super::dispatch::{self, Fit};
 use super::layout::{MatmulStrategy, QLayout};
 use super::shaders::{self, Shader, StatsKind};
 
@@ -280,7 +280,7 @@ pub(super) fn linear(
         strategy,
         m,
         transposed,
-        AdapterClass::of(&props.identity),
+        dispatch::adapter_class(&props.identity),
         fit(props, layout),
     );
     #[cfg(not(target_family = "wasm"))]

@@ -40,6 +40,8 @@
 //!
 //! Measured on llvmpipe (2 cores) and an H200: see the tables in README.md ("Kernel benchmark").
 
+use std::sync::Mutex;
+
 use burn::cubecl::ir::DeviceIdentity;
 
 use super::layout::{GemmTile, MatmulStrategy};
@@ -96,6 +98,54 @@ impl AdapterClass {
     pub fn is_software(self) -> bool {
         self != AdapterClass::Gpu
     }
+
+    /// The name [`FromStr`](std::str::FromStr) reads: `gpu`, `llvmpipe` or `software`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdapterClass::Gpu => "gpu",
+            AdapterClass::Llvmpipe => "llvmpipe",
+            AdapterClass::Software => "software",
+        }
+    }
+}
+
+impl std::fmt::Display for AdapterClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for AdapterClass {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            AdapterClass::Gpu,
+            AdapterClass::Llvmpipe,
+            AdapterClass::Software,
+        ]
+        .into_iter()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| format!("unknown adapter class {s:?} (gpu, llvmpipe or software)"))
+    }
+}
+
+/// The class whose kernels serve every device where one is forced ([`force_adapter_class`]).
+static FORCED_CLASS: Mutex<Option<AdapterClass>> = Mutex::new(None);
+
+/// Chooses the kernels on every device as on an adapter of `class` from now on (`None`: each
+/// device by its own class). The class decides speed only, never whether a kernel runs, so any
+/// class's choice is correct on any adapter: this runs a GPU's kernels where no GPU is at hand
+/// (the browser test runs the page on SwiftShader with the rule a page on a real GPU takes).
+pub fn force_adapter_class(class: Option<AdapterClass>) {
+    *FORCED_CLASS.lock().unwrap_or_else(|e| e.into_inner()) = class;
+}
+
+/// The class whose kernels serve the device `identity` names: the forced one where one is
+/// ([`force_adapter_class`]), else its own ([`AdapterClass::of`]).
+pub fn adapter_class(identity: &DeviceIdentity) -> AdapterClass {
+    let forced = *FORCED_CLASS.lock().unwrap_or_else(|e| e.into_inner());
+    forced.unwrap_or_else(|| AdapterClass::of(identity))
 }
 
 /// Whether this build times kernels inside a call ([`MatmulStrategy::Tuned`]): everywhere but
@@ -374,6 +424,16 @@ mod tests {
         );
         assert_eq!(AdapterClass::of(&identity("NVIDIA H200", true)), Gpu);
         assert!(Llvmpipe.is_software() && Software.is_software() && !Gpu.is_software());
+        // The page's `?kernels=` names.
+        for class in [Gpu, Llvmpipe, Software] {
+            assert_eq!(class.to_string().parse::<AdapterClass>(), Ok(class));
+        }
+        assert!(
+            "GPU"
+                .parse::<AdapterClass>()
+                .unwrap_err()
+                .contains("gpu, llvmpipe or software")
+        );
     }
 
     #[test]

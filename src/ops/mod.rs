@@ -7,6 +7,7 @@
 
 mod autodiff;
 mod backend;
+pub mod check;
 mod cube;
 pub mod dispatch;
 mod layout;
@@ -55,6 +56,19 @@ pub fn fit(device: &burn::tensor::Device, w: &QWeight) -> dispatch::Fit {
         subgroup: false,
         subgroup_t: false,
     }
+}
+
+/// The adapter class whose kernels serve `device` ([`dispatch::adapter_class`]); `None` for a
+/// device without the kernel path.
+pub fn adapter_class(device: &burn::tensor::Device) -> Option<dispatch::AdapterClass> {
+    if let burn::backend::DispatchDevice::Cube(cube @ burn::cubecl::Device::Wgpu(_)) =
+        device.clone().inner().as_dispatch()
+    {
+        return Some(dispatch::adapter_class(
+            &cube.client().properties().identity,
+        ));
+    }
+    None
 }
 
 /// The weight's four tensors (packed, absmax_q, scales, tables) in dispatch form.

@@ -25,7 +25,7 @@ use burn::cubecl::tune::{LocalTuner, Tunable, TunableSet, local_tuner};
 use burn::cubecl::{CubeTuneId, Device};
 
 use super::cube::{Weight, fit, linear};
-use super::dispatch::{self, AdapterClass, Fit};
+use super::dispatch::{self, Fit};
 use super::layout::{MatmulStrategy, QLayout};
 
 /// A shape class: products in one class share the tuned kernel.
@@ -127,7 +127,7 @@ fn rule(client: &Client, rows: usize, layout: &QLayout, transposed: bool) -> Mat
     dispatch::rule(
         rows,
         transposed,
-        AdapterClass::of(&props.identity),
+        dispatch::adapter_class(&props.identity),
         fit(props, layout),
     )
 }

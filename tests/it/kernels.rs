@@ -427,3 +427,37 @@ fn the_subgroup_kernels_run_on_llvmpipe() {
         assert!(!cpu.subgroup && !cpu.subgroup_t);
     }
 }
+
+/// The check the browser page runs on its device (`ops::check`) passes here, covers every kernel
+/// on this adapter, and on the reference path runs the reference.
+#[test]
+fn the_kernel_check_passes_and_covers_every_kernel() {
+    let device = wgpu();
+    let report = burn::cubecl::future::block_on(ops::check::run(&device)).expect("check ran");
+    let failures = report.failures();
+    assert!(failures.is_empty(), "kernels over tolerance: {failures:#?}");
+    // 3 weights x (dequantize + 2 products x 4 row counts x 8 strategies), and 4 LoRA products.
+    assert_eq!(report.checks.len(), 3 * (1 + 2 * 4 * 8) + 4);
+    assert_eq!(
+        report.adapter_class.as_deref(),
+        ops::adapter_class(&device).map(|c| c.name())
+    );
+    let ran = |kernel: &str| report.checks.iter().any(|c| c.kernel == kernel);
+    for kernel in ["group", "tile", "gemm64", "gemm128", "dequant_matmul"] {
+        assert!(ran(kernel), "no check ran {kernel}: {:#?}", report.checks);
+    }
+    let name = device.identity().expect("an adapter").name.to_lowercase();
+    if name.contains("llvmpipe") {
+        assert!(ran("subgroup"), "llvmpipe checked no subgroup kernel");
+    }
+    eprintln!(
+        "{} checks on {name}, worst error {:.2e}",
+        report.checks.len(),
+        report.worst()
+    );
+
+    let reference = burn::cubecl::future::block_on(ops::check::run(&cpu())).expect("check ran");
+    assert!(reference.failures().is_empty());
+    assert!(reference.adapter_class.is_none());
+    assert!(reference.checks.iter().all(|c| c.kernel == "reference"));
+}
