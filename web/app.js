@@ -5,7 +5,7 @@ import init, { Studio } from './pkg/wgtune_web.js';
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  ready: false, noWebgpu: null, error: null, device: null, model: null, run: null,
+  ready: false, noWebgpu: null, error: null, device: null, model: null, run: null, check: null,
   steps: [], evalBefore: null, evalAfter: null, training: false, trained: false,
   answers: { adapter: null, base: null },
 };
@@ -51,7 +51,8 @@ async function start() {
   }
   try {
     await init();
-    studio = await Studio.create();
+    // ?kernels=gpu (or software) chooses the 4-bit kernels as on that class of adapter.
+    studio = await Studio.create(new URLSearchParams(location.search).get('kernels') ?? undefined);
   } catch (e) {
     showError(`WebGPU could not start: ${e}`);
     return;
@@ -65,8 +66,9 @@ async function start() {
   $('device').textContent = `Device: ${state.device.adapter} · max storage binding ` +
     `${mib(l.maxStorageBufferBindingSize)} · max buffer ${mib(l.maxBufferSize)} · ` +
     `workgroup memory ${l.maxComputeWorkgroupStorageSize / 1024} KiB · ` +
-    `${l.maxComputeInvocationsPerWorkgroup} invocations`;
+    `${l.maxComputeInvocationsPerWorkgroup} invocations · kernels for a ${state.device.kernels} adapter`;
   $('model-files').disabled = false;
+  $('check').disabled = false;
   try {
     const listing = await fetch('model/files.json');
     if (listing.ok) {
@@ -157,10 +159,41 @@ function settings() {
   };
 }
 
+// Runs every kernel on this device against exact products on the host (wgtune::ops::check).
+async function checkKernels() {
+  clearError();
+  setBusy(true);
+  $('check-status').textContent = 'checking the kernels on this device…';
+  const start = performance.now();
+  try {
+    const report = JSON.parse(await studio.check_kernels());
+    report.ms = performance.now() - start;
+    state.check = report;
+    // A non-finite error reads as null in JSON: a failure.
+    const failed = report.checks.filter((c) => c.error === null || c.error > report.tolerance);
+    const kernels = [...new Set(report.checks.map((c) => c.kernel))].join(', ');
+    const tolerance = report.tolerance.toExponential(0);
+    $('check-status').textContent = failed.length === 0
+      ? `${report.checks.length} products agree with the host's to ${tolerance} ` +
+        `(worst ${report.worst.toExponential(1)}; ${kernels}) in ${(report.ms / 1000).toFixed(1)} s`
+      : `${failed.length} of ${report.checks.length} products disagree with the host's`;
+    if (failed.length > 0) {
+      showError('Kernels that disagree with the host on this device (relative error, tolerance ' +
+        `${tolerance}):\n` + failed.slice(0, 12).map((c) =>
+          `${c.product} by ${c.kernel} (${c.strategy}), ${c.shape}: ${c.error ?? 'not finite'}`).join('\n'));
+    }
+  } catch (e) {
+    $('check-status').textContent = '';
+    showError(`The kernel check failed: ${e}`);
+  }
+  setBusy(false);
+}
+
 function setBusy(busy) {
   const hasModel = state.model !== null;
   $('load-default').disabled = busy || !state.defaultModel;
   $('model-files').disabled = busy;
+  $('check').disabled = busy || studio === null;
   $('train').disabled = busy || !hasModel;
   $('send').disabled = busy || !hasModel;
   $('download').disabled = busy || !state.run || state.steps.length === 0;
@@ -329,6 +362,7 @@ $('dataset-file').addEventListener('change', async (ev) => {
   if (f) $('dataset').value = await f.text();
 });
 $('train').addEventListener('click', train);
+$('check').addEventListener('click', checkKernels);
 $('cancel-load').addEventListener('click', () => { cancelLoad = true; });
 $('stop').addEventListener('click', () => { stopRequested = true; $('train-status').textContent = 'stopping after this step…'; });
 $('send').addEventListener('click', send);

@@ -4,7 +4,8 @@
 //     tokenizer of exactly 256 tokens, so text rows and chat work on it;
 //  2. serves web/ with it as the default model (`wgtune serve-web`);
 //  3. in Debian's Chromium, headless, WebGPU on SwiftShader: compiles every kernel
-//     specialization in the browser's WebGPU, loads the default model, then the
+//     specialization in the browser's WebGPU, runs the page's kernel check (every kernel
+//     against exact products on the host), loads the default model, then the
 //     same files through the file picker, trains 24 steps on a small text dataset, asserts the
 //     loss fell, generates text with and without the adapter, downloads the adapter zip, and
 //     saves a screenshot (out/trained.png);
@@ -12,7 +13,9 @@
 //     reported (within 1e-3), and that `wgtune train` with the same settings follows the same
 //     loss curve on llvmpipe and on Chromium's SwiftShader as a Vulkan driver (the page's own
 //     adapter, so that the speeds compare the browser with the native binary alone);
-//  5. starts Chromium without the WebGPU flag and checks the page says there is no WebGPU.
+//  5. runs the page again with the kernels a page on a real GPU takes (`?kernels=gpu`): its
+//     kernel check passes, and the same training run follows the same loss curve;
+//  6. starts Chromium without the WebGPU flag and checks the page says there is no WebGPU.
 //
 // Env: WGTUNE (the native binary), FIXTURES (../shared/fixtures), OUT (default web/e2e/out),
 // SWIFTSHADER_ICD (Chromium's SwiftShader Vulkan manifest; /usr/lib/chromium/vk_swiftshader_icd.json).
@@ -80,6 +83,20 @@ const ROWS = [
   'the dog ran to the log.', 'a cat, a dog, a mat.',
 ];
 
+// Clicks the page's "Check the kernels" button and waits for its report: every product within
+// tolerance, and as many as the native test counts.
+async function checkKernels(page) {
+  await page.click('#check');
+  await page.waitForFunction(() => window.wgtune.check || window.wgtune.error, null, { timeout: 300000 });
+  const { report, error, status } = await page.evaluate(() => ({ report: window.wgtune.check,
+    error: window.wgtune.error, status: document.getElementById('check-status').textContent }));
+  check(!error && report?.failures === 0 && report.checks.length === 199 &&
+    report.checks.every((c) => c.error !== null && c.error <= report.tolerance),
+  `the page's kernel check passes on ${report?.adapter_class ?? '?'}: ${status}${error ? `\n${error}` : ''}`);
+  const kernels = [...new Set(report.checks.map((c) => c.kernel))];
+  return { report, kernels, worst: report.worst, ms: report.ms };
+}
+
 function wgtune(args) {
   const r = spawnSync(WGTUNE, args, { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`wgtune ${args.join(' ')} failed:\n${r.stderr}`);
@@ -134,6 +151,14 @@ async function main() {
     check(shaders.count >= 10 && shaders.failures.length === 0,
       `all ${shaders.count} kernel specializations compile in the browser's WebGPU at default limits` +
       (shaders.failures.length ? `:\n${shaders.failures.join('\n')}` : ''));
+
+    // Every kernel runs in the page against exact products on the host (the page's own
+    // "Check the kernels" button): Tint and the browser's driver sit between these kernels and
+    // the native ones the Rust tests check.
+    const checked = await checkKernels(page);
+    check(device.kernels === 'software' && checked.kernels.includes('tile'),
+      `SwiftShader chooses the software adapter's kernels (${device.kernels}: ${checked.kernels.join(', ')})`);
+    results.kernel_check = checked;
 
     // A timer chain stands for the user: it counts the turns the event loop gave to other work
     // while a model load was under way. A load in one call would leave it at 0 (how many turns
@@ -266,6 +291,43 @@ async function main() {
       error: window.wgtune.error, status: document.getElementById('train-status').textContent }));
     check(stopped.stopped && !stopped.error && stopped.n < 10, `Stop ends the run after the current step: ${stopped.status}`);
     check(problems.length === 0, `no console errors or panics (${problems.length})`);
+
+    // --- The kernels a page on a real GPU takes (the group kernel up to 32 rows, dequantize+
+    // matmul above), forced on SwiftShader: checked, and the same training run.
+    const gpuPage = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    const gpuProblems = [];
+    watchConsole(gpuPage, gpuProblems);
+    await gpuPage.goto(`${url}?kernels=gpu`);
+    await gpuPage.waitForFunction(() => window.wgtune.ready || window.wgtune.error, null, { timeout: 120000 });
+    const gpuDevice = await gpuPage.evaluate(() => window.wgtune.device);
+    const gpuChecked = await checkKernels(gpuPage);
+    const gpuAuto = [...new Set(gpuChecked.report.checks.filter((c) => c.strategy === 'auto').map((c) => c.kernel))];
+    check(gpuDevice?.kernels === 'gpu' && gpuAuto.includes('group') && gpuAuto.includes('dequant_matmul') &&
+      !gpuAuto.includes('tile'), `?kernels=gpu chooses a GPU's kernels on SwiftShader (auto ran ${gpuAuto.join(', ')})`);
+    await gpuPage.click('#load-default');
+    await gpuPage.waitForFunction(() => window.wgtune.model || window.wgtune.error, null, { timeout: 120000 });
+    check(await gpuPage.evaluate(() => window.wgtune.model?.quant === 'nf4'), 'the default model loaded as NF4');
+    await gpuPage.fill('#dataset', fs.readFileSync(dataPath, 'utf8'));
+    await fillSettings(gpuPage, SETTINGS, 0);
+    await gpuPage.click('#train');
+    await gpuPage.waitForFunction(() => window.wgtune.trained || window.wgtune.error, null, { timeout: 900000 });
+    const gpuRun = await gpuPage.evaluate(() => ({ error: window.wgtune.error, steps: window.wgtune.steps,
+      evalAfter: window.wgtune.evalAfter }));
+    check(!gpuRun.error && gpuRun.steps.length === SETTINGS.steps, `the GPU's kernels trained ${gpuRun.steps.length} steps`);
+    const gpuWorst = Math.max(...gpuRun.steps.map((x, i) => Math.abs(x.loss - losses[i])));
+    const gpuEval = Math.abs(gpuRun.evalAfter.loss - st.evalAfter.loss);
+    check(gpuWorst < 1e-3 && gpuEval < 1e-3, `and follow the software kernels' loss curve (worst step diff ` +
+      `${gpuWorst.toExponential(2)}, eval ${gpuEval.toExponential(2)})`);
+    await gpuPage.fill('#prompt', 'the cat');
+    await gpuPage.uncheck('#as-chat');
+    await gpuPage.fill('#max-new', '24');
+    await gpuPage.click('#send');
+    await gpuPage.waitForFunction(() => window.wgtune.answers.adapter || window.wgtune.error, null, { timeout: 300000 });
+    const gpuAnswer = await gpuPage.evaluate(() => window.wgtune.answers.adapter);
+    check(gpuAnswer?.tokens > 0, `and generate (one row a token: the group kernel): ${JSON.stringify(gpuAnswer?.text)}` +
+      ` (${gpuAnswer.text === answers.adapter.text ? 'the same text as' : 'not the text of'} the software kernels)`);
+    check(gpuProblems.length === 0, `no console errors or panics with the GPU's kernels (${gpuProblems.length})`);
+    results.page_gpu_kernels = { ...steadySpeed(gpuRun.steps), worst_loss_diff: gpuWorst, eval_diff: gpuEval };
     await browser.close();
 
     // --- The adapter in the native binary.
@@ -319,6 +381,9 @@ async function main() {
     console.log(`  native (wgtune train on ${n.adapter}): ${n.steps_per_s.toFixed(2)} steps/s, ` +
       `${n.tokens_per_s.toFixed(0)} tokens/s; page / native ${(r.page.steps_per_s / n.steps_per_s).toFixed(2)}x`);
   }
+  const g = r.page_gpu_kernels;
+  console.log(`  page with a GPU's kernels (?kernels=gpu) on the same adapter: ${g.steps_per_s.toFixed(2)} steps/s, ` +
+    `${g.tokens_per_s.toFixed(0)} tokens/s`);
   console.log(`results and screenshot in ${OUT}`);
 }
 

@@ -32,6 +32,8 @@ use wgtune::generate::{last_logits_tensor, reply_stop_ids, token_budget};
 use wgtune::io::OwnedTensor;
 use wgtune::limits::{self, DeviceLimits};
 use wgtune::model::{Llama, LlamaConfig};
+use wgtune::ops;
+use wgtune::ops::dispatch::{self, AdapterClass};
 use wgtune::ops::shaders::Shader;
 use wgtune::peft::{self, LoraConfig, TargetModule};
 use wgtune::pretrained::ModelFiles;
@@ -181,7 +183,17 @@ pub struct Studio {
 impl Studio {
     /// Opens the WebGPU device (the adapter's own limits are requested, above WebGPU's
     /// defaults where it has them). Rejects when the browser has no WebGPU adapter.
-    pub async fn create() -> Result<Studio, JsValue> {
+    ///
+    /// `kernels` (`gpu`, `software` or `llvmpipe`; none: the adapter's own) chooses the 4-bit
+    /// kernels as on that class of adapter: every kernel runs on every adapter, so this only
+    /// trades speed, and lets a page without a GPU run the kernels a GPU's page would
+    /// (`?kernels=gpu`; the browser test does).
+    pub async fn create(kernels: Option<String>) -> Result<Studio, JsValue> {
+        let forced = kernels
+            .map(|k| k.parse::<AdapterClass>())
+            .transpose()
+            .map_err(|e| js_err(format!("the page's kernels= setting: {e}")))?;
+        dispatch::force_adapter_class(forced);
         let (device, setup) = Device::wgpu_options()
             .init_with_setup_async()
             .await
@@ -216,9 +228,26 @@ impl Studio {
         })
     }
 
-    /// `{"adapter", "limits": {..}}` as JSON.
+    /// `{"adapter", "limits": {..}, "kernels"}` as JSON; `kernels` names the class of adapter
+    /// the 4-bit kernels are chosen for (`gpu` or `software`, or the class forced at creation).
     pub fn device_info(&self) -> String {
-        json!({"adapter": self.adapter, "limits": self.limits}).to_string()
+        let kernels = ops::adapter_class(&self.device).map(|c| c.name());
+        json!({"adapter": self.adapter, "limits": self.limits, "kernels": kernels}).to_string()
+    }
+
+    /// Runs every kernel on this device against exact products on the host (`ops::check`):
+    /// resolves to the report as JSON, `{"adapter_class", "checks": [{"product", "strategy",
+    /// "kernel", "shape", "error"}], "tolerance", "worst", "failures"}`.
+    pub fn check_kernels(&self) -> js_sys::Promise {
+        let device = self.device.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let report = ops::check::run(&device).await.map_err(js_err)?;
+            let mut value = serde_json::to_value(&report).map_err(js_err)?;
+            value["tolerance"] = json!(ops::check::TOLERANCE);
+            value["worst"] = json!(report.worst());
+            value["failures"] = json!(report.failures().len());
+            Ok(JsValue::from_str(&value.to_string()))
+        })
     }
 
     /// Adds one of the model's files (a `.gguf`, or `config.json`, `*.safetensors`,
