@@ -51,8 +51,13 @@ async function start() {
   }
   try {
     await init();
-    // ?kernels=gpu (or software) chooses the 4-bit kernels as on that class of adapter.
-    studio = await Studio.create(new URLSearchParams(location.search).get('kernels') ?? undefined);
+    // ?kernels=gpu (or software) chooses the 4-bit kernels as on that class of adapter;
+    // ?limits=default asks for WebGPU's default limits instead of the adapter's.
+    const query = new URLSearchParams(location.search);
+    if (![null, 'default'].includes(query.get('limits'))) {
+      throw new Error(`the page's limits= setting: unknown value "${query.get('limits')}" (default)`);
+    }
+    studio = await Studio.create(query.get('kernels') ?? undefined, query.get('limits') === 'default');
   } catch (e) {
     showError(`WebGPU could not start: ${e}`);
     return;

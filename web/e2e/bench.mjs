@@ -7,7 +7,8 @@
 //
 // Env: WGTUNE (binary), MODEL, STEPS (5), BATCH (1), MAX_LEN (128), R (16), QUANT (nf4),
 // ROWS (all 400 quickstart rows), REPEAT (1: the rows that many times over), EVAL_SHARE (0.01),
-// DEVICE_ONLY (set: print the WebGPU adapter and stop), LOAD_ONLY (set: stop after the load),
+// QUERY (the page's settings, e.g. `kernels=gpu&limits=default`: a GPU's kernels at WebGPU's
+// default limits), DEVICE_ONLY (set: print the WebGPU adapter and stop), LOAD_ONLY (set: stop after the load),
 // PREPARE_ONLY (set: stop once the run is ready), SCREENSHOT (a .png path: the trained page),
 // NATIVE (wgpu, cpu, or swiftshader: wgpu on Chromium's SwiftShader as a Vulkan driver, the page's
 // own adapter without a GPU; then the same run in `wgtune train` on that device, and the ratio).
@@ -33,7 +34,7 @@ try {
   const page = await browser.newPage();
   const problems = [];
   watchConsole(page, problems);
-  await page.goto(url);
+  await page.goto(env.QUERY ? `${url}?${env.QUERY}` : url);
   await page.waitForFunction(() => window.wgtune.ready || window.wgtune.error, null, { timeout: 120000 });
   console.log('device:', JSON.stringify(await page.evaluate(() => window.wgtune.device ?? window.wgtune.error)));
   if (!env.DEVICE_ONLY) {

@@ -13,8 +13,9 @@
 //     reported (within 1e-3), and that `wgtune train` with the same settings follows the same
 //     loss curve on llvmpipe and on Chromium's SwiftShader as a Vulkan driver (the page's own
 //     adapter, so that the speeds compare the browser with the native binary alone);
-//  5. runs the page again with the kernels a page on a real GPU takes (`?kernels=gpu`): its
-//     kernel check passes, and the same training run follows the same loss curve;
+//  5. runs the page again with the kernels a page on a real GPU takes and WebGPU's default
+//     limits (`?kernels=gpu&limits=default`): its kernel check passes, and the same training
+//     run follows the same loss curve;
 //  6. starts Chromium without the WebGPU flag and checks the page says there is no WebGPU.
 //
 // Env: WGTUNE (the native binary), FIXTURES (../shared/fixtures), OUT (default web/e2e/out),
@@ -293,13 +294,18 @@ async function main() {
     check(problems.length === 0, `no console errors or panics (${problems.length})`);
 
     // --- The kernels a page on a real GPU takes (the group kernel up to 32 rows, dequantize+
-    // matmul above), forced on SwiftShader: checked, and the same training run.
+    // matmul above), forced on SwiftShader, on a device with WebGPU's default limits (SwiftShader
+    // offers 1 GiB bindings and 32 KiB of workgroup memory): checked, and the same training run.
     const gpuPage = await browser.newPage({ viewport: { width: 1100, height: 900 } });
     const gpuProblems = [];
     watchConsole(gpuPage, gpuProblems);
-    await gpuPage.goto(`${url}?kernels=gpu`);
+    await gpuPage.goto(`${url}?kernels=gpu&limits=default`);
     await gpuPage.waitForFunction(() => window.wgtune.ready || window.wgtune.error, null, { timeout: 120000 });
     const gpuDevice = await gpuPage.evaluate(() => window.wgtune.device);
+    const dl = gpuDevice?.limits ?? {};
+    check(dl.maxStorageBufferBindingSize === 128 << 20 && dl.maxBufferSize === 256 << 20 &&
+      dl.maxComputeWorkgroupStorageSize === 16384 && dl.maxComputeInvocationsPerWorkgroup === 256,
+    `?limits=default opens the device at WebGPU's default limits: ${JSON.stringify(dl)}`);
     const gpuChecked = await checkKernels(gpuPage);
     const gpuAuto = [...new Set(gpuChecked.report.checks.filter((c) => c.strategy === 'auto').map((c) => c.kernel))];
     check(gpuDevice?.kernels === 'gpu' && gpuAuto.includes('group') && gpuAuto.includes('dequant_matmul') &&
@@ -382,7 +388,7 @@ async function main() {
       `${n.tokens_per_s.toFixed(0)} tokens/s; page / native ${(r.page.steps_per_s / n.steps_per_s).toFixed(2)}x`);
   }
   const g = r.page_gpu_kernels;
-  console.log(`  page with a GPU's kernels (?kernels=gpu) on the same adapter: ${g.steps_per_s.toFixed(2)} steps/s, ` +
+  console.log(`  page with a GPU's kernels at default limits (?kernels=gpu&limits=default), same adapter: ${g.steps_per_s.toFixed(2)} steps/s, ` +
     `${g.tokens_per_s.toFixed(0)} tokens/s`);
   console.log(`results and screenshot in ${OUT}`);
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use burn::module::Module;
+use burn::tensor::wgpu::{WgpuSetup, wgpu};
 use burn::tensor::{Device, Transaction};
 use js_sys::{Function, Uint8Array};
 use serde::{Deserialize, Serialize};
@@ -188,16 +189,31 @@ impl Studio {
     /// kernels as on that class of adapter: every kernel runs on every adapter, so this only
     /// trades speed, and lets a page without a GPU run the kernels a GPU's page would
     /// (`?kernels=gpu`; the browser test does).
-    pub async fn create(kernels: Option<String>) -> Result<Studio, JsValue> {
+    ///
+    /// `default_limits` requests WebGPU's default limits instead of the adapter's own: the
+    /// least any browser gives (128 MiB storage bindings, 16 KiB of workgroup memory, 8 storage
+    /// buffers a stage), to test that the page keeps within them (`?limits=default`).
+    pub async fn create(kernels: Option<String>, default_limits: bool) -> Result<Studio, JsValue> {
         let forced = kernels
             .map(|k| k.parse::<AdapterClass>())
             .transpose()
             .map_err(|e| js_err(format!("the page's kernels= setting: {e}")))?;
         dispatch::force_adapter_class(forced);
-        let (device, setup) = Device::wgpu_options()
-            .init_with_setup_async()
-            .await
-            .map_err(|e| js_err(format!("WebGPU could not start: {e}")))?;
+        let (device, setup) = if default_limits {
+            let setup = setup_with_default_limits()
+                .await
+                .map_err(|e| js_err(format!("WebGPU could not start: {e}")))?;
+            let device = Device::wgpu_options()
+                .setup(setup.clone())
+                .init()
+                .map_err(|e| js_err(format!("WebGPU could not start: {e}")))?;
+            (device, setup)
+        } else {
+            Device::wgpu_options()
+                .init_with_setup_async()
+                .await
+                .map_err(|e| js_err(format!("WebGPU could not start: {e}")))?
+        };
         let info = setup.adapter.get_info();
         let l = setup.device.limits();
         let limits = DeviceLimits {
@@ -719,6 +735,41 @@ impl Studio {
             Ok(Uint8Array::from(zip.as_slice()).into())
         })
     }
+}
+
+/// The browser's WebGPU adapter with a device at WebGPU's default limits (what burn's own
+/// acquisition requests otherwise: the adapter's features, and its limits).
+async fn setup_with_default_limits() -> Result<WgpuSetup, String> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::BROWSER_WEBGPU,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let (device, queue) = adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: None,
+            required_features: adapter
+                .features()
+                .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+            required_limits: wgpu::Limits::default(),
+            memory_hints: wgpu::MemoryHints::MemoryUsage,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(WgpuSetup {
+        instance,
+        adapter,
+        device,
+        queue,
+        backend: wgpu::Backend::BrowserWebGpu,
+    })
 }
 
 const BUSY: &str = "another operation is still running; wait for it to finish";
