@@ -1,9 +1,10 @@
-//! `wgtune info [--model PATH]`
+//! `wgtune info [--model PATH] [--check-kernels [--device D]]`
 //!
 //! The wgpu adapters of this machine (name, API, type, the limits wgtune's kernels depend on,
 //! `shader-f16` and subgroups) and what `--device auto` picks; with `--model`, the model's config,
 //! parameter count and the device memory its weights need as f16 vs NF4, computed from the
-//! shapes (a 4-bit linear weight: packed codes plus block statistics).
+//! shapes (a 4-bit linear weight: packed codes plus block statistics); with `--check-kernels`,
+//! every kernel on the device against exact host products (`ops::check`).
 
 use std::path::PathBuf;
 
@@ -11,6 +12,7 @@ use anyhow::Result;
 
 use crate::device::{self, DeviceChoice};
 use crate::model::LlamaConfig;
+use crate::ops::check;
 use crate::pretrained::read_config;
 use crate::quant::QuantConfig;
 
@@ -20,6 +22,14 @@ pub struct InfoArgs {
     /// A GGUF file or a Hugging Face model directory to describe.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Also run every 4-bit and LoRA kernel on the device against exact products computed on
+    /// the host (`ops::check`, 199 products), print each kernel's worst error, and fail if one
+    /// is over the tolerance: a check of this machine's GPU driver and shader compiler.
+    #[arg(long)]
+    pub check_kernels: bool,
+    /// The device `--check-kernels` runs on: `wgpu` (the default adapter), `auto` or `cpu`.
+    #[arg(long, default_value = "wgpu")]
+    pub device: DeviceChoice,
 }
 
 /// Runs `wgtune info`.
@@ -50,6 +60,56 @@ pub fn run(args: InfoArgs) -> Result<()> {
         let config = read_config(path)?;
         println!();
         print_model(path, &config);
+    }
+    if args.check_kernels {
+        println!();
+        check_kernels(args.device)?;
+    }
+    Ok(())
+}
+
+/// Runs `ops::check` on `choice`'s device and prints the worst error per product and kernel.
+fn check_kernels(choice: DeviceChoice) -> Result<()> {
+    let selected = device::select(choice);
+    println!("kernel check on {}:", selected.description);
+    let started = std::time::Instant::now();
+    let report = burn::cubecl::future::block_on(check::run(&selected.device))?;
+    // Each (product, kernel) pair's worst error and count, in the order the check ran them.
+    let mut worst: Vec<((&str, &str), (f32, usize))> = Vec::new();
+    for c in &report.checks {
+        let key = (c.product.as_str(), c.kernel.as_str());
+        match worst.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, (error, n))) => {
+                *error = error.max(c.error);
+                *n += 1;
+            }
+            None => worst.push((key, (c.error, 1))),
+        }
+    }
+    for ((product, kernel), (error, n)) in &worst {
+        println!("  {product:<10} {kernel:<18} {n:>3} products, worst error {error:.1e}");
+    }
+    let failures = report.failures();
+    for f in &failures {
+        println!(
+            "  FAILED: {} by {} ({}), {}: error {:e}",
+            f.product, f.kernel, f.strategy, f.shape, f.error
+        );
+    }
+    println!(
+        "{} products in {:.1} s, worst error {:.1e} (tolerance {:.0e}, relative to the largest value)",
+        report.checks.len(),
+        started.elapsed().as_secs_f64(),
+        report.worst(),
+        check::TOLERANCE
+    );
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{} of {} kernel products disagree with the host on {}",
+            failures.len(),
+            report.checks.len(),
+            selected.description
+        );
     }
     Ok(())
 }

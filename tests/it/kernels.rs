@@ -461,3 +461,28 @@ fn the_kernel_check_passes_and_covers_every_kernel() {
     assert!(reference.adapter_class.is_none());
     assert!(reference.checks.iter().all(|c| c.kernel == "reference"));
 }
+
+/// `wgtune info --check-kernels` runs the same check on the wgpu device and prints each kernel.
+#[test]
+fn info_checks_the_kernels_of_the_device() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgtune"))
+        .args(["info", "--check-kernels", "--device", "wgpu"])
+        .output()
+        .expect("wgtune runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("kernel check on wgpu"), "{stdout}");
+    for kernel in ["group", "tile", "gemm64", "dequant_matmul", "lora"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().any(|w| w == kernel) && l.contains("worst error")),
+            "no line for {kernel}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("199 products in"), "{stdout}");
+}

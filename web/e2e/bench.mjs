@@ -7,7 +7,7 @@
 //
 // Env: WGTUNE (binary), MODEL, STEPS (5), BATCH (1), MAX_LEN (128), R (16), QUANT (nf4),
 // ROWS (all 400 quickstart rows), REPEAT (1: the rows that many times over), EVAL_SHARE (0.01),
-// QUERY (the page's settings, e.g. `kernels=gpu&limits=default`: a GPU's kernels at WebGPU's
+// CHECK (set: run the page's kernel check first, and stop if a kernel disagrees), QUERY (the page's settings, e.g. `kernels=gpu&limits=default`: a GPU's kernels at WebGPU's
 // default limits), DEVICE_ONLY (set: print the WebGPU adapter and stop), LOAD_ONLY (set: stop after the load),
 // PREPARE_ONLY (set: stop once the run is ready), SCREENSHOT (a .png path: the trained page),
 // NATIVE (wgpu, cpu, or swiftshader: wgpu on Chromium's SwiftShader as a Vulkan driver, the page's
@@ -37,6 +37,7 @@ try {
   await page.goto(env.QUERY ? `${url}?${env.QUERY}` : url);
   await page.waitForFunction(() => window.wgtune.ready || window.wgtune.error, null, { timeout: 120000 });
   console.log('device:', JSON.stringify(await page.evaluate(() => window.wgtune.device ?? window.wgtune.error)));
+  if (env.CHECK && !env.DEVICE_ONLY) await checkKernels(page);
   if (!env.DEVICE_ONLY) {
     await load(page);
     if (!env.LOAD_ONLY) await train(page);
@@ -45,6 +46,16 @@ try {
   await browser.close();
 } finally {
   server.kill();
+}
+
+// The page's "Check the kernels" button: every kernel on this device against exact host products.
+async function checkKernels(page) {
+  await page.click('#check');
+  await page.waitForFunction(() => window.wgtune.check || window.wgtune.error, null, { timeout: 600000 });
+  const { error, status, failures } = await page.evaluate(() => ({ error: window.wgtune.error,
+    status: document.getElementById('check-status').textContent, failures: window.wgtune.check?.failures }));
+  console.log(`kernel check: ${status}`);
+  if (error || failures !== 0) throw new Error(`the kernel check failed: ${error ?? `${failures} failures`}`);
 }
 
 async function load(page) {

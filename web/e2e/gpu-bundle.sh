@@ -4,7 +4,7 @@
 #
 #   here:   web/e2e/gpu-bundle.sh pack [DIR]   everything the runs need, in pieces, into DIR
 #   there:  web/e2e/gpu-bundle.sh stash [DIR]  after each carry: keep the pieces that came along
-#           web/e2e/gpu-bundle.sh kernels      bench_kernels on the GPU (needs native.tar.xz)
+#           web/e2e/gpu-bundle.sh kernels      the kernel check, then bench_kernels on the GPU (needs native.tar.xz)
 #           web/e2e/gpu-bundle.sh browser      the page on the GPU's WebGPU next to `wgtune train`
 #
 # DIR defaults to .dev/gpu (ignored by git). `pack` writes native.tar.xz (wgtune and
@@ -181,6 +181,10 @@ kernels() {
   [[ -f $STORE/native.tar.xz ]] || die "native.tar.xz is not stashed yet"
   gpu_env
   unpack native
+  # Every kernel against exact host products on this GPU's driver first (fails the step if one
+  # disagrees: no speed is worth reporting for a wrong kernel).
+  echo "== wgtune info --check-kernels"
+  "$STORE/native/wgtune" info --check-kernels | tee "$OUT/check-kernels.txt"
   local i
   for ((i = 1; i <= ${KERNEL_RUNS:-2}; i++)); do
     echo "== bench_kernels run $i"
@@ -252,9 +256,9 @@ browser() {
     grep -i -E 'vulkan|dawn|webgpu|adapter' "$OUT/chromium.log" | tail -40
     die "the page found no GPU"
   fi
-  echo "== the page on the GPU, then the same run in wgtune train --device wgpu"
+  echo "== the page on the GPU (its kernel check, then training), then the same run in wgtune train --device wgpu"
   local rc=0
-  CHROMIUM_ARGS=$flags NATIVE=wgpu STEPS=${STEPS:-20} BATCH=${BATCH:-4} MAX_LEN=${MAX_LEN:-128} \
+  CHROMIUM_ARGS=$flags CHECK=1 NATIVE=wgpu STEPS=${STEPS:-20} BATCH=${BATCH:-4} MAX_LEN=${MAX_LEN:-128} \
     SCREENSHOT=$OUT/page-gpu.png timeout -k 10 480 node web/e2e/bench.mjs >"$OUT/browser.txt" 2>&1 || rc=$?
   stop_servers
   cat "$OUT/browser.txt"
