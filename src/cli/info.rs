@@ -74,19 +74,21 @@ fn check_kernels(choice: DeviceChoice) -> Result<()> {
     println!("kernel check on {}:", selected.description);
     let started = std::time::Instant::now();
     let report = burn::cubecl::future::block_on(check::run(&selected.device))?;
-    // Each (product, kernel) pair's worst error and count, in the order the check ran them.
-    let mut worst: Vec<((&str, &str), (f32, usize))> = Vec::new();
+    // Each (product, kernel) pair's products and worst error, in the order the check ran them.
+    let mut rows: Vec<(&str, &str, usize, f32)> = Vec::new();
     for c in &report.checks {
-        let key = (c.product.as_str(), c.kernel.as_str());
-        match worst.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, (error, n))) => {
-                *error = error.max(c.error);
-                *n += 1;
+        match rows
+            .iter_mut()
+            .find(|r| r.0 == c.product && r.1 == c.kernel)
+        {
+            Some(row) => {
+                row.2 += 1;
+                row.3 = row.3.max(c.error);
             }
-            None => worst.push((key, (c.error, 1))),
+            None => rows.push((&c.product, &c.kernel, 1, c.error)),
         }
     }
-    for ((product, kernel), (error, n)) in &worst {
+    for (product, kernel, n, error) in &rows {
         println!("  {product:<10} {kernel:<18} {n:>3} products, worst error {error:.1e}");
     }
     let failures = report.failures();
