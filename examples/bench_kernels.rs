@@ -106,15 +106,9 @@ fn parse_args() -> Args {
 }
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
-        })
-        .collect()
+    let mut v = wgtune::ops::check::noise(n, seed);
+    v.iter_mut().for_each(|x| *x *= 0.05);
+    v
 }
 
 /// One path of a row: a call that queues the product.

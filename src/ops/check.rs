@@ -300,8 +300,9 @@ fn kernel_name(path: OpsPath, kernel: &str) -> String {
     }
 }
 
-/// `n` values in [-1, 1) from a xorshift generator seeded by `seed`.
-fn noise(n: usize, seed: u64) -> Vec<f32> {
+/// `n` values in [-1, 1) from a xorshift generator seeded by `seed` (the tests' and the
+/// benchmarks' inputs too).
+pub fn noise(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {

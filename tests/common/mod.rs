@@ -72,15 +72,7 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 
 /// Deterministic pseudo-random values in [-1, 1) (xorshift), so failures reproduce.
 pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    wgtune::ops::check::noise(n, seed)
 }
 
 pub fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {

@@ -10,7 +10,7 @@ use crate::common;
 
 use burn::tensor::Tensor;
 use common::{cpu, rand_vec, rel_err, tensor, values, wgpu};
-use wgtune::ops::{self, GemmTile, MatmulStrategy, OpsPath, QWeight, dispatch};
+use wgtune::ops::{self, MatmulStrategy, OpsPath, QWeight, dispatch};
 use wgtune::quant::{QuantConfig, QuantFormat, QuantizedTensor};
 
 const FWD_TOL: f32 = 1e-4;
@@ -30,19 +30,13 @@ const SHAPES: [(usize, usize, usize); 5] = [
 /// Every kernel path, each forced whatever the adapter (the tiled kernel and the GEMM need
 /// K % 8 == 0: at K = 70 they hand over to the group kernel and to dequantize+matmul; the
 /// subgroup kernels run where the adapter has subgroups and the shape whole chunks, and are the
-/// adapter's fused kernel elsewhere), and the timed choice among them.
-const STRATEGIES: [MatmulStrategy; 10] = [
-    MatmulStrategy::Auto,
-    MatmulStrategy::Tuned,
-    MatmulStrategy::Fused,
-    MatmulStrategy::FusedGroup,
-    MatmulStrategy::FusedTile,
-    MatmulStrategy::FusedSubgroup,
-    MatmulStrategy::FusedGemm(GemmTile::T64),
-    MatmulStrategy::FusedGemm(GemmTile::T128),
-    MatmulStrategy::DequantMatmul,
-    MatmulStrategy::DequantChunks { rows: 16 },
-];
+/// adapter's fused kernel elsewhere): the page's check list (`ops::check::STRATEGIES`), plus the
+/// timed choice among them and the adapter's fused kernel.
+fn strategies() -> Vec<MatmulStrategy> {
+    let mut all = ops::check::STRATEGIES.to_vec();
+    all.extend([MatmulStrategy::Tuned, MatmulStrategy::Fused]);
+    all
+}
 
 fn configs() -> Vec<QuantConfig> {
     let mut out = Vec::new();
@@ -105,7 +99,7 @@ fn qmatmul_forward_matches_reference() {
             for m in [1usize, 7, 64, 300] {
                 let x = rand_vec(m * k, 3 + m as u64);
                 let expect = values(ops::qmatmul(tensor(x.clone(), [m, k], &cpu()), &wc));
-                for strategy in STRATEGIES {
+                for strategy in strategies() {
                     let got = values(ops::qmatmul_with(
                         tensor(x.clone(), [m, k], &wgpu()),
                         &wg,
@@ -188,7 +182,7 @@ fn qmatmul_keeps_batch_and_sequence_dimensions() {
         let (wg, wc) = (QWeight::upload(&q, &wgpu()), QWeight::upload(&q, &cpu()));
         let x = rand_vec(batch * seq * k, 5);
         let expect = ops::qmatmul(tensor(x.clone(), [batch, seq, k], &cpu()), &wc);
-        for strategy in STRATEGIES {
+        for strategy in strategies() {
             let got = ops::qmatmul_with(tensor(x.clone(), [batch, seq, k], &wgpu()), &wg, strategy);
             assert_eq!(got.dims(), [batch, seq, n]);
             let err = rel_err(&values(got), &values(expect.clone()));
@@ -214,7 +208,7 @@ fn qmatmul_t_matches_reference() {
             for m in [1usize, 7, 64, 300] {
                 let dy = rand_vec(m * n, 7 + m as u64);
                 let expect = values(ops::qmatmul_t(tensor(dy.clone(), [m, n], &cpu()), &wc));
-                for strategy in STRATEGIES {
+                for strategy in strategies() {
                     let got = values(ops::qmatmul_t_with(
                         tensor(dy.clone(), [m, n], &wgpu()),
                         &wg,
@@ -259,7 +253,7 @@ fn qmatmul_backward_matches_reference() {
             let x = rand_vec(shape.iter().product(), 9);
             let r = rand_vec(shape[0] * shape[1] * n, 10);
             let expect = qmatmul_input_grad(&x, &r, &q, shape, &cpu(), MatmulStrategy::Auto);
-            for strategy in STRATEGIES {
+            for strategy in strategies() {
                 let got = qmatmul_input_grad(&x, &r, &q, shape, &wgpu(), strategy);
                 let err = rel_err(&got, &expect);
                 assert!(err <= GRAD_TOL, "{cfg:?} {shape:?} {strategy:?}: {err}");
