@@ -55,11 +55,12 @@ async function start() {
     // ?limits=default asks for WebGPU's default limits instead of the adapter's.
     const query = new URLSearchParams(location.search);
     if (![null, 'default'].includes(query.get('limits'))) {
-      throw new Error(`the page's limits= setting: unknown value "${query.get('limits')}" (default)`);
+      throw `the page's limits= setting: unknown value "${query.get('limits')}" (only "default")`;
     }
     studio = await Studio.create(query.get('kernels') ?? undefined, query.get('limits') === 'default');
   } catch (e) {
-    showError(`WebGPU could not start: ${e}`);
+    // The studio's own errors say what failed (WebGPU, or a setting in the address).
+    showError(`The page could not start: ${e}`);
     return;
   }
   state.device = JSON.parse(studio.device_info());

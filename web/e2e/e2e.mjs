@@ -296,6 +296,15 @@ async function main() {
     // --- The kernels a page on a real GPU takes (the group kernel up to 32 rows, dequantize+
     // matmul above), forced on SwiftShader, on a device with WebGPU's default limits (SwiftShader
     // offers 1 GiB bindings and 32 KiB of workgroup memory): checked, and the same training run.
+    // A setting the page does not know is an error that names it, not a silent default.
+    for (const [query, named] of [['kernels=fast', /kernels=.*gpu, llvmpipe or software/], ['limits=max', /limits=.*"max"/]]) {
+      const bad = await browser.newPage();
+      await bad.goto(`${url}?${query}`);
+      await bad.waitForFunction(() => window.wgtune.ready || window.wgtune.error, null, { timeout: 120000 });
+      const shown = await bad.evaluate(() => window.wgtune.error);
+      check(named.test(shown ?? '') && await bad.isDisabled('#check'), `?${query} is refused: ${shown}`);
+      await bad.close();
+    }
     const gpuPage = await browser.newPage({ viewport: { width: 1100, height: 900 } });
     const gpuProblems = [];
     watchConsole(gpuPage, gpuProblems);
