@@ -81,6 +81,13 @@ pub enum AdapterClass {
 }
 
 impl AdapterClass {
+    /// Every class.
+    pub const ALL: [AdapterClass; 3] = [
+        AdapterClass::Gpu,
+        AdapterClass::Llvmpipe,
+        AdapterClass::Software,
+    ];
+
     /// The class of the device `identity` names: software where no card is behind it (CubeCL
     /// reports no physical device for llvmpipe, SwiftShader, WARP or a browser's fallback
     /// adapter), llvmpipe by its name. The name picks a speed trade-off, never a capability.
@@ -119,14 +126,10 @@ impl std::str::FromStr for AdapterClass {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        [
-            AdapterClass::Gpu,
-            AdapterClass::Llvmpipe,
-            AdapterClass::Software,
-        ]
-        .into_iter()
-        .find(|c| c.name() == s)
-        .ok_or_else(|| format!("unknown adapter class {s:?} (gpu, llvmpipe or software)"))
+        AdapterClass::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown adapter class {s:?} (gpu, llvmpipe or software)"))
     }
 }
 
@@ -425,7 +428,7 @@ mod tests {
         assert_eq!(AdapterClass::of(&identity("NVIDIA H200", true)), Gpu);
         assert!(Llvmpipe.is_software() && Software.is_software() && !Gpu.is_software());
         // The page's `?kernels=` names.
-        for class in [Gpu, Llvmpipe, Software] {
+        for class in AdapterClass::ALL {
             assert_eq!(class.to_string().parse::<AdapterClass>(), Ok(class));
         }
         assert!(

@@ -24,6 +24,16 @@ pub use backend::QuantBackend;
 pub use layout::{GemmTile, MatmulStrategy, QLayout};
 pub use weight::{OpsPath, QWeight, TABLES_LEN};
 
+/// `device` as the wgpu device the kernels run on; `None` where the reference path serves.
+fn kernel_device(device: &burn::tensor::Device) -> Option<burn::cubecl::Device> {
+    match device.clone().inner().as_dispatch() {
+        burn::backend::DispatchDevice::Cube(cube @ burn::cubecl::Device::Wgpu(_)) => {
+            Some(cube.clone())
+        }
+        _ => None,
+    }
+}
+
 /// The kernel [`MatmulStrategy::Tuned`] chose on `device` for `rows` rows of `w`'s product
 /// (`dY W` when `transposed`), once a product of that shape class ran there tuned; `None` before,
 /// on other devices, and in the browser, which does not time kernels.
@@ -34,10 +44,8 @@ pub fn tuned_choice(
     transposed: bool,
 ) -> Option<MatmulStrategy> {
     #[cfg(not(target_family = "wasm"))]
-    if let burn::backend::DispatchDevice::Cube(cube @ burn::cubecl::Device::Wgpu(_)) =
-        device.clone().inner().as_dispatch()
-    {
-        return tune::tuned_choice(cube, rows, &w.layout, transposed);
+    if let Some(cube) = kernel_device(device) {
+        return tune::tuned_choice(&cube, rows, &w.layout, transposed);
     }
     let _ = (device, rows, w, transposed);
     None
@@ -46,29 +54,20 @@ pub fn tuned_choice(
 /// What `w`'s shape allows on `device` besides the group kernel and dequantize+matmul (see
 /// [`dispatch::Fit`]): on a device without the kernel path, what its shape allows anywhere.
 pub fn fit(device: &burn::tensor::Device, w: &QWeight) -> dispatch::Fit {
-    if let burn::backend::DispatchDevice::Cube(cube @ burn::cubecl::Device::Wgpu(_)) =
-        device.clone().inner().as_dispatch()
-    {
-        return cube::fit(cube.client().properties(), &w.layout);
-    }
-    dispatch::Fit {
-        whole_words: w.layout.in_features.is_multiple_of(8),
-        subgroup: false,
-        subgroup_t: false,
+    match kernel_device(device) {
+        Some(cube) => cube::fit(cube.client().properties(), &w.layout),
+        None => dispatch::Fit {
+            whole_words: w.layout.in_features.is_multiple_of(8),
+            subgroup: false,
+            subgroup_t: false,
+        },
     }
 }
 
 /// The adapter class whose kernels serve `device` ([`dispatch::adapter_class`]); `None` for a
 /// device without the kernel path.
 pub fn adapter_class(device: &burn::tensor::Device) -> Option<dispatch::AdapterClass> {
-    if let burn::backend::DispatchDevice::Cube(cube @ burn::cubecl::Device::Wgpu(_)) =
-        device.clone().inner().as_dispatch()
-    {
-        return Some(dispatch::adapter_class(
-            &cube.client().properties().identity,
-        ));
-    }
-    None
+    kernel_device(device).map(|cube| dispatch::adapter_class(&cube.client().properties().identity))
 }
 
 /// The weight's four tensors (packed, absmax_q, scales, tables) in dispatch form.

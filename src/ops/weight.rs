@@ -19,10 +19,10 @@ pub enum OpsPath {
 impl OpsPath {
     /// The path the operations take on `device`: the kernels on wgpu, the reference elsewhere.
     pub fn for_device(device: &Device) -> Self {
-        use burn::backend::DispatchDevice;
-        match device.clone().inner().as_dispatch() {
-            DispatchDevice::Cube(burn::cubecl::Device::Wgpu(_)) => OpsPath::Kernel,
-            _ => OpsPath::Reference,
+        if super::kernel_device(device).is_some() {
+            OpsPath::Kernel
+        } else {
+            OpsPath::Reference
         }
     }
 }
