@@ -273,8 +273,9 @@ async fn read(t: Tensor<2>, what: &str) -> Result<Vec<f32>, CheckError> {
         .map_err(|e| fail(format!("{e:?}")))
 }
 
-/// max |got - expect| / max |expect|; infinite where the lengths differ or a value is not finite.
-fn rel_err(got: &[f32], expect: &[f32]) -> f32 {
+/// max |got - expect| / max |expect|; infinite where the lengths differ or a difference is not
+/// finite (NaN included, which `f32::max` alone would skip). The tests' measure too.
+pub fn rel_err(got: &[f32], expect: &[f32]) -> f32 {
     if got.len() != expect.len() {
         return f32::INFINITY;
     }

@@ -59,15 +59,12 @@ pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 /// max |a - b| / max |b|: the relative error of `a` against the reference `b`.
+/// A NaN or infinite difference anywhere fails (`f32::max` alone would skip a NaN).
 pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    let scale = b
-        .iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(f32::MIN_POSITIVE);
-    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(diff.is_finite(), "non-finite difference");
-    diff / scale
+    let err = wgtune::ops::check::rel_err(a, b);
+    assert!(err.is_finite(), "non-finite difference");
+    err
 }
 
 /// Deterministic pseudo-random values in [-1, 1) (xorshift), so failures reproduce.
