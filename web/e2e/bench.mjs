@@ -18,7 +18,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fillSettings, launch, nativeTrain, startServer, steadySpeed, swiftshaderIcd, watchConsole } from './browser.mjs';
+import { fillSettings, launch, nativeTrain, runKernelCheck, startServer, steadySpeed, swiftshaderIcd,
+  watchConsole } from './browser.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -50,12 +51,11 @@ try {
 
 // The page's "Check the kernels" button: every kernel on this device against exact host products.
 async function checkKernels(page) {
-  await page.click('#check');
-  await page.waitForFunction(() => window.wgtune.check || window.wgtune.error, null, { timeout: 600000 });
-  const { error, status, failures } = await page.evaluate(() => ({ error: window.wgtune.error,
-    status: document.getElementById('check-status').textContent, failures: window.wgtune.check?.failures }));
+  const { report, error, status } = await runKernelCheck(page);
   console.log(`kernel check: ${status}`);
-  if (error || failures !== 0) throw new Error(`the kernel check failed: ${error ?? `${failures} failures`}`);
+  if (error || report?.failures !== 0) {
+    throw new Error(`the kernel check failed: ${error ?? `${report?.failures} failures`}`);
+  }
 }
 
 async function load(page) {

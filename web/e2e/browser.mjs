@@ -42,6 +42,15 @@ export function watchConsole(page, problems) {
   page.on('pageerror', (e) => { problems.push(String(e)); console.log(`[page error] ${e}`); });
 }
 
+// Clicks the page's "Check the kernels on this device" and waits for it: `{ report, error,
+// status }`, the report (null if the check could not run), the page's error and its status line.
+export async function runKernelCheck(page, timeout = 600000) {
+  await page.click('#check');
+  await page.waitForFunction(() => window.wgtune.check || window.wgtune.error, null, { timeout });
+  return page.evaluate(() => ({ report: window.wgtune.check, error: window.wgtune.error,
+    status: document.getElementById('check-status').textContent }));
+}
+
 // The Train section's fields from `settings` (`{ r, alpha, lr, steps, maxLen, batch }`, the
 // shape nativeTrain takes) and the eval share.
 export async function fillSettings(page, settings, evalShare) {

@@ -24,7 +24,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fillSettings, launch, nativeTrain, startServer, steadySpeed, swiftshaderIcd, watchConsole } from './browser.mjs';
+import { fillSettings, launch, nativeTrain, runKernelCheck, startServer, steadySpeed, swiftshaderIcd,
+  watchConsole } from './browser.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -87,10 +88,7 @@ const ROWS = [
 // Clicks the page's "Check the kernels" button and waits for its report: every product within
 // tolerance, and as many as the native test counts.
 async function checkKernels(page) {
-  await page.click('#check');
-  await page.waitForFunction(() => window.wgtune.check || window.wgtune.error, null, { timeout: 300000 });
-  const { report, error, status } = await page.evaluate(() => ({ report: window.wgtune.check,
-    error: window.wgtune.error, status: document.getElementById('check-status').textContent }));
+  const { report, error, status } = await runKernelCheck(page, 300000);
   check(!error && report?.failures === 0 && report.checks.length === 199 &&
     report.checks.every((c) => c.error !== null && c.error <= report.tolerance),
   `the page's kernel check passes on ${report?.adapter_class ?? '?'}: ${status}${error ? `\n${error}` : ''}`);

@@ -199,21 +199,9 @@ impl Studio {
             .transpose()
             .map_err(|e| js_err(format!("the page's kernels= setting: {e}")))?;
         dispatch::force_adapter_class(forced);
-        let (device, setup) = if default_limits {
-            let setup = setup_with_default_limits()
-                .await
-                .map_err(|e| js_err(format!("WebGPU could not start: {e}")))?;
-            let device = Device::wgpu_options()
-                .setup(setup.clone())
-                .init()
-                .map_err(|e| js_err(format!("WebGPU could not start: {e}")))?;
-            (device, setup)
-        } else {
-            Device::wgpu_options()
-                .init_with_setup_async()
-                .await
-                .map_err(|e| js_err(format!("WebGPU could not start: {e}")))?
-        };
+        let (device, setup) = open_device(default_limits)
+            .await
+            .map_err(|e| js_err(format!("WebGPU could not start: {e}")))?;
         let info = setup.adapter.get_info();
         let l = setup.device.limits();
         let limits = DeviceLimits {
@@ -735,6 +723,23 @@ impl Studio {
             Ok(Uint8Array::from(zip.as_slice()).into())
         })
     }
+}
+
+/// burn's WebGPU device and the handles behind it: acquired by burn (the adapter's limits), or
+/// with `default_limits` from a setup of ours registered with burn.
+async fn open_device(default_limits: bool) -> Result<(Device, WgpuSetup), String> {
+    if !default_limits {
+        return Device::wgpu_options()
+            .init_with_setup_async()
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let setup = setup_with_default_limits().await?;
+    let device = Device::wgpu_options()
+        .setup(setup.clone())
+        .init()
+        .map_err(|e| e.to_string())?;
+    Ok((device, setup))
 }
 
 /// The browser's WebGPU adapter with a device at WebGPU's default limits (what burn's own
